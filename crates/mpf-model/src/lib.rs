@@ -1,0 +1,69 @@
+//! # mpf-model
+//!
+//! The Mask2Former architecture on Burn, the reference network that MP-Former trains
+//! (spec `shared/spec/mpformer.md` §2). Every part follows Burn's `Config → init(&device) → Module`
+//! pattern and is generic over the backend `B`:
+//!
+//! | module | part | spec |
+//! |---|---|---|
+//! | [`backbone`] | torchvision-style ResNet 18/34/50/101, frozen or trainable batch norm | §2.2 |
+//! | [`position`] | normalised sine position encoding | §2.3 |
+//! | [`deform_attn`] | multi-scale deformable attention on `grid_sample_2d` | §2.3 |
+//! | [`pixel_decoder`] | MSDeformAttn pixel decoder (6 encoder layers + 1/4 FPN level) | §2.3 |
+//! | [`attention`] | multi-head attention with boolean masks (`true` = blocked) | §2.4, §4 |
+//! | [`decoder`] | 9-layer masked-attention transformer decoder, 10 predictions, extra-query interface | §2.4 |
+//! | [`heads`] | class head (K+1) and 3-layer mask-embedding MLP | §2.4 |
+//! | [`postprocess`] | semantic, instance and panoptic inference | §2.7 |
+//! | [`model`] | the assembled [`model::Mask2Former`] and its config | §2 |
+//! | [`flops`] | analytical parameter-free FLOPs estimate | App. Table 10 |
+//!
+//! Shape letters used in the docs: `B` batch, `Q` matching queries, `P` extra (mask-piloted) queries,
+//! `T = P + Q`, `K` classes, `L` feature levels, `h×w` a level's size, `H×W` the padded input.
+//! Boolean attention masks use `true` = blocked everywhere.
+
+pub mod attention;
+pub mod backbone;
+pub mod decoder;
+pub mod deform_attn;
+pub mod flops;
+pub mod heads;
+pub mod init;
+pub mod model;
+pub mod pixel_decoder;
+pub mod position;
+pub mod postprocess;
+pub mod resize;
+
+pub use decoder::{CrossAttentionRows, DecoderOutput, ExtraQueries, Prediction};
+pub use model::{Mask2Former, Mask2FormerConfig};
+
+/// Errors raised by model construction and post-processing.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A configuration value is out of its valid range; `key` names the config key.
+    #[error("invalid config value for `{key}`: {reason}")]
+    InvalidConfig {
+        /// Dotted config key, e.g. `model.backbone.depth`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An input tensor has a shape the model cannot take.
+    #[error("invalid input shape: {0}")]
+    InvalidInput(String),
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    pub type TestBackend = burn::backend::Flex;
+    pub type TestDevice = burn::backend::flex::FlexDevice;
+
+    /// Max absolute difference between two flat vectors.
+    pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "length mismatch");
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+}

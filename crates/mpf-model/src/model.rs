@@ -1,0 +1,302 @@
+//! The assembled Mask2Former: backbone → pixel decoder → transformer decoder (spec §2).
+
+use burn::module::{ModuleVisitor, Param};
+use burn::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::ModelError;
+use crate::backbone::{ResNet, ResNetConfig};
+use crate::decoder::{DecoderOutput, ExtraQueries, TransformerDecoder, TransformerDecoderConfig};
+use crate::pixel_decoder::{PixelDecoder, PixelDecoderConfig};
+
+/// Input normalisation and padding (spec §2.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputConfig {
+    /// Per-channel RGB mean on the 0–255 scale.
+    pub pixel_mean: [f32; 3],
+    /// Per-channel RGB standard deviation on the 0–255 scale.
+    pub pixel_std: [f32; 3],
+    /// Padded height and width are multiples of this (`SIZE_DIVISIBILITY`).
+    pub size_divisibility: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        Self {
+            pixel_mean: [123.675, 116.28, 103.53],
+            pixel_std: [58.395, 57.12, 57.375],
+            size_divisibility: 32,
+        }
+    }
+}
+
+/// Configuration of [`Mask2Former`]. Defaults are the COCO R50 model of the paper (80 classes,
+/// 100 queries, 9 decoder layers, 256 wide).
+#[derive(Config, Debug)]
+pub struct Mask2FormerConfig {
+    /// Number of real classes `K`.
+    #[config(default = 80)]
+    pub num_classes: usize,
+    /// Backbone.
+    #[config(default = "ResNetConfig::new()")]
+    pub backbone: ResNetConfig,
+    /// Pixel decoder.
+    #[config(default = "PixelDecoderConfig::new()")]
+    pub pixel_decoder: PixelDecoderConfig,
+    /// Transformer decoder.
+    #[config(default = "TransformerDecoderConfig::new()")]
+    pub decoder: TransformerDecoderConfig,
+}
+
+impl Mask2FormerConfig {
+    /// Checks every constraint the parts rely on, naming the offending config key.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |key: &str, reason: String| {
+            Err(ModelError::InvalidConfig {
+                key: key.into(),
+                reason,
+            })
+        };
+        self.backbone.layout()?;
+        let pd = &self.pixel_decoder;
+        let dec = &self.decoder;
+        if self.num_classes == 0 {
+            return bad("model.num_classes", "must be > 0".into());
+        }
+        if pd.conv_dim == 0 || pd.gn_groups == 0 || pd.conv_dim % pd.gn_groups != 0 {
+            return bad(
+                "model.pixel_decoder.gn_groups",
+                format!("{} must divide conv_dim {}", pd.gn_groups, pd.conv_dim),
+            );
+        }
+        if pd.num_heads == 0 || pd.conv_dim % pd.num_heads != 0 {
+            return bad(
+                "model.pixel_decoder.num_heads",
+                format!("{} must divide conv_dim {}", pd.num_heads, pd.conv_dim),
+            );
+        }
+        if dec.num_heads == 0 || dec.hidden_dim % dec.num_heads != 0 {
+            return bad(
+                "model.decoder.num_heads",
+                format!(
+                    "{} must divide hidden_dim {}",
+                    dec.num_heads, dec.hidden_dim
+                ),
+            );
+        }
+        if dec.hidden_dim % 2 != 0 || pd.conv_dim % 2 != 0 {
+            return bad(
+                "model.decoder.hidden_dim",
+                "widths must be even for the sine encoding".into(),
+            );
+        }
+        if dec.num_queries == 0 {
+            return bad("model.decoder.num_queries", "must be > 0".into());
+        }
+        if dec.num_layers == 0 {
+            return bad("model.decoder.num_layers", "must be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Initialises the model on `device`, after [`Self::validate`].
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Mask2Former<B>, ModelError> {
+        self.validate()?;
+        let backbone = self.backbone.init(device)?;
+        let channels = self.backbone.out_channels()?;
+        let pixel_decoder = self.pixel_decoder.init(channels, device);
+        let decoder = self.decoder.init(
+            self.pixel_decoder.conv_dim,
+            self.pixel_decoder.mask_dim,
+            self.num_classes,
+            device,
+        );
+        Ok(Mask2Former {
+            backbone,
+            pixel_decoder,
+            decoder,
+            num_classes: self.num_classes,
+        })
+    }
+}
+
+/// Mask2Former (and MP-Former at inference, which is the same network).
+#[derive(Module, Debug)]
+pub struct Mask2Former<B: Backend> {
+    /// ResNet backbone.
+    pub backbone: ResNet<B>,
+    /// MSDeformAttn pixel decoder.
+    pub pixel_decoder: PixelDecoder<B>,
+    /// Masked-attention transformer decoder with heads.
+    pub decoder: TransformerDecoder<B>,
+    /// Number of real classes `K`.
+    pub num_classes: usize,
+}
+
+impl<B: Backend> Mask2Former<B> {
+    /// Inference forward.
+    ///
+    /// # Shapes
+    /// - `images`: `[B, 3, H, W]`, normalised, H and W multiples of 32
+    /// - output: `num_layers + 1` predictions of `[B, Q, K+1]` and `[B, Q, H/4, W/4]`
+    pub fn forward(&self, images: Tensor<B, 4>) -> DecoderOutput<B> {
+        self.forward_with_extra(images, None)
+    }
+
+    /// Forward with extra queries prepended (see [`ExtraQueries`]); predictions then cover `P + Q`.
+    pub fn forward_with_extra(
+        &self,
+        images: Tensor<B, 4>,
+        extra: Option<ExtraQueries<'_, B>>,
+    ) -> DecoderOutput<B> {
+        let features = self.backbone.forward(images);
+        let pixel = self.pixel_decoder.forward(&features);
+        self.decoder
+            .forward(&pixel.multi_scale_features, pixel.mask_features, extra)
+    }
+}
+
+/// Counts the elements of trainable parameters: everything except the four vectors of each
+/// [`FrozenBatchNorm2d`](crate::backbone::FrozenBatchNorm2d), i.e. what PyTorch's
+/// `sum(p.numel() for p in model.parameters())` gives for the reference (where frozen batch norm
+/// holds buffers). Decided by module type, so it holds on backends without autodiff too.
+pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> usize {
+    struct Count {
+        total: usize,
+        frozen_depth: usize,
+    }
+    const FROZEN: &str = "Struct:FrozenBatchNorm2d";
+    impl<B: Backend> ModuleVisitor<B> for Count {
+        fn enter_module(&mut self, _name: &str, container_type: &str) {
+            if container_type == FROZEN || self.frozen_depth > 0 {
+                self.frozen_depth += 1;
+            }
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.frozen_depth = self.frozen_depth.saturating_sub(1);
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if self.frozen_depth == 0 {
+                self.total += param.shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count {
+        total: 0,
+        frozen_depth: 0,
+    };
+    module.visit(&mut c);
+    c.total
+}
+
+/// A batch of images ready for the model: normalised, zero-padded bottom/right to a multiple of
+/// `size_divisibility` (spec §2.1).
+#[derive(Debug, Clone)]
+pub struct ImageBatch<B: Backend> {
+    /// `[B, 3, H, W]`.
+    pub images: Tensor<B, 4>,
+    /// Unpadded `[h, w]` of each image.
+    pub image_sizes: Vec<[usize; 2]>,
+}
+
+/// One RGB image, row-major, 3 bytes per pixel.
+#[derive(Debug, Clone)]
+pub struct RgbImage {
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+    /// `height·width·3` bytes, RGB interleaved.
+    pub pixels: Vec<u8>,
+}
+
+impl<B: Backend> ImageBatch<B> {
+    /// Normalises with `input.pixel_mean/std` and pads to the batch's padded size.
+    pub fn from_images(
+        images: &[RgbImage],
+        input: &InputConfig,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        if images.is_empty() {
+            return Err(ModelError::InvalidInput("empty image batch".into()));
+        }
+        let div = input.size_divisibility.max(1);
+        let round = |x: usize| x.div_ceil(div) * div;
+        let hp = round(images.iter().map(|i| i.height).max().unwrap_or(0));
+        let wp = round(images.iter().map(|i| i.width).max().unwrap_or(0));
+        let mut data = vec![0f32; images.len() * 3 * hp * wp];
+        for (n, img) in images.iter().enumerate() {
+            if img.pixels.len() != img.height * img.width * 3 || img.height == 0 || img.width == 0 {
+                return Err(ModelError::InvalidInput(format!(
+                    "image {n}: {}×{} needs {} RGB bytes, got {}",
+                    img.height,
+                    img.width,
+                    img.height * img.width * 3,
+                    img.pixels.len()
+                )));
+            }
+            for y in 0..img.height {
+                for x in 0..img.width {
+                    for c in 0..3 {
+                        let v = img.pixels[(y * img.width + x) * 3 + c] as f32;
+                        data[((n * 3 + c) * hp + y) * wp + x] =
+                            (v - input.pixel_mean[c]) / input.pixel_std[c];
+                    }
+                }
+            }
+        }
+        let images_t =
+            Tensor::<B, 1>::from_data(TensorData::new(data, [images.len() * 3 * hp * wp]), device)
+                .reshape([images.len(), 3, hp, wp]);
+        Ok(Self {
+            images: images_t,
+            image_sizes: images.iter().map(|i| [i.height, i.width]).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::TestBackend;
+
+    #[test]
+    fn padding_and_normalisation() {
+        let device = Default::default();
+        let img = RgbImage {
+            height: 2,
+            width: 3,
+            pixels: vec![255; 18],
+        };
+        let b = ImageBatch::<TestBackend>::from_images(&[img], &InputConfig::default(), &device)
+            .unwrap();
+        assert_eq!(b.images.dims(), [1, 3, 32, 32]);
+        let v = b.images.into_data().to_vec::<f32>().unwrap();
+        assert!((v[0] - (255.0 - 123.675) / 58.395).abs() < 1e-6);
+        assert_eq!(v[3], 0.0, "padding is zero after normalisation");
+    }
+
+    #[test]
+    fn bad_image_buffer_is_an_error() {
+        let img = RgbImage {
+            height: 2,
+            width: 3,
+            pixels: vec![0; 5],
+        };
+        let err = ImageBatch::<TestBackend>::from_images(
+            &[img],
+            &InputConfig::default(),
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("image 0"), "{err}");
+    }
+
+    #[test]
+    fn invalid_heads_name_the_key() {
+        let cfg = Mask2FormerConfig::new()
+            .with_decoder(TransformerDecoderConfig::new().with_num_heads(7));
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("model.decoder.num_heads"), "{err}");
+    }
+}
