@@ -1,1 +1,15 @@
-//! mpformer
+//! # mpformer
+//!
+//! MP-Former (Mask-Piloted Transformer, CVPR 2023) and Mask2Former on Burn. This umbrella crate
+//! re-exports the mpf crates so that one dependency brings the whole framework:
+//!
+//! - [`model`] (`mpf-model`): backbone, pixel decoder, masked-attention decoder, heads,
+//!   post-processing;
+//! - [`train`] (`mpf-train`): typed experiment configs, backend selection and the commands of the
+//!   `mpf-train` program.
+//!
+//! Backends are cargo features: `flex` (default, pure-Rust CPU), `wgpu` (Vulkan/Metal/DX12, or
+//! CPU through Mesa's lavapipe) and `cuda`.
+
+pub use mpf_model as model;
+pub use mpf_train as train;

@@ -37,7 +37,7 @@ impl MultiHeadAttentionConfig {
     /// Initialises the module on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> MultiHeadAttention<B> {
         assert!(
-            self.num_heads > 0 && self.d_model % self.num_heads == 0,
+            self.num_heads > 0 && self.d_model.is_multiple_of(self.num_heads),
             "d_model {} must be divisible by num_heads {}",
             self.d_model,
             self.num_heads
@@ -82,9 +82,7 @@ impl<B: Backend> MultiHeadAttention<B> {
         let q = split(self.q_proj.forward(query), t);
         let k = split(self.k_proj.forward(key), s);
         let v = split(self.v_proj.forward(value), s);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(1.0 / (dh as f64).sqrt());
+        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt());
         let scores = match mask {
             Some(mask) => scores.mask_fill(mask.expand([b, h, t, s]), f32::NEG_INFINITY),
             None => scores,
@@ -111,34 +109,19 @@ mod tests {
     fn mask_with_one_open_key_attends_only_to_it() {
         let device = Default::default();
         let attn = mha(&device);
-        let q = Tensor::<TestBackend, 3>::random(
-            [1, 3, 8],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let kv = Tensor::<TestBackend, 3>::random(
-            [1, 5, 8],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            &device,
-        );
+        let q = Tensor::<TestBackend, 3>::random([1, 3, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let kv = Tensor::<TestBackend, 3>::random([1, 5, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         // Every query may only see key 2.
         let mut m = vec![true; 3 * 5];
         for row in 0..3 {
             m[row * 5 + 2] = false;
         }
-        let mask =
-            Tensor::<TestBackend, 1, Bool>::from_data(m.as_slice(), &device).reshape([1, 1, 3, 5]);
+        let mask = Tensor::<TestBackend, 1, Bool>::from_data(m.as_slice(), &device).reshape([1, 1, 3, 5]);
         let out = attn.forward(q, kv.clone(), kv.clone(), Some(mask));
         // Attending only to key 2 means output = out_proj(v_proj(kv[2])) for every query.
         let v2 = kv.slice([0..1, 2..3, 0..8]);
-        let expected = attn
-            .out_proj
-            .forward(attn.v_proj.forward(v2))
-            .repeat_dim(1, 3);
-        let (a, e) = (
-            out.into_data().to_vec::<f32>().unwrap(),
-            expected.into_data().to_vec::<f32>().unwrap(),
-        );
+        let expected = attn.out_proj.forward(attn.v_proj.forward(v2)).repeat_dim(1, 3);
+        let (a, e) = (out.into_data().to_vec::<f32>().unwrap(), expected.into_data().to_vec::<f32>().unwrap());
         assert!(max_abs_diff(&a, &e) < 1e-5);
     }
 
@@ -148,9 +131,7 @@ mod tests {
         let mut attn = MultiHeadAttentionConfig::new(2, 1).init::<TestBackend>(&device);
         // Identity projections: output = softmax(q·kᵀ/√2)·v.
         let eye = |l: Linear<TestBackend>| Linear {
-            weight: l
-                .weight
-                .map(|w| Tensor::from_floats([[1.0, 0.0], [0.0, 1.0]], &w.device())),
+            weight: l.weight.map(|w| Tensor::from_floats([[1.0, 0.0], [0.0, 1.0]], &w.device())),
             bias: l.bias,
         };
         attn.q_proj = eye(attn.q_proj);
@@ -160,16 +141,9 @@ mod tests {
         let q = Tensor::<TestBackend, 3>::from_floats([[[1.0, 0.0]]], &device);
         let k = Tensor::<TestBackend, 3>::from_floats([[[1.0, 0.0], [0.0, 1.0]]], &device);
         let v = Tensor::<TestBackend, 3>::from_floats([[[10.0, 0.0], [0.0, 10.0]]], &device);
-        let out = attn
-            .forward(q, k, v, None)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let out = attn.forward(q, k, v, None).into_data().to_vec::<f32>().unwrap();
         let s = 1.0f32 / 2f32.sqrt();
         let w0 = s.exp() / (s.exp() + 1.0);
-        assert!(
-            max_abs_diff(&out, &[10.0 * w0, 10.0 * (1.0 - w0)]) < 1e-5,
-            "{out:?}"
-        );
+        assert!(max_abs_diff(&out, &[10.0 * w0, 10.0 * (1.0 - w0)]) < 1e-5, "{out:?}");
     }
 }

@@ -64,10 +64,7 @@ impl ResNetConfig {
     /// Initialises the backbone on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<ResNet<B>, ModelError> {
         if self.width == 0 {
-            return Err(ModelError::InvalidConfig {
-                key: "model.backbone.width".into(),
-                reason: "must be > 0".into(),
-            });
+            return Err(ModelError::InvalidConfig { key: "model.backbone.width".into(), reason: "must be > 0".into() });
         }
         let (blocks, bottleneck) = self.layout()?;
         let w = self.width;
@@ -130,13 +127,7 @@ impl ResNetConfig {
     }
 }
 
-fn conv<B: Backend>(
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-    device: &B::Device,
-) -> Conv2d<B> {
+fn conv<B: Backend>(cin: usize, cout: usize, k: usize, stride: usize, device: &B::Device) -> Conv2d<B> {
     let p = k / 2;
     Conv2dConfig::new([cin, cout], [k, k])
         .with_stride([stride, stride])
@@ -174,9 +165,8 @@ impl<B: Backend> FrozenBatchNorm2d<B> {
 
     /// Identity-initialised frozen batch norm over `channels`.
     pub fn new(channels: usize, device: &B::Device) -> Self {
-        let frozen = |init: Initializer| -> Param<Tensor<B, 1>> {
-            init.init([channels], device).set_require_grad(false)
-        };
+        let frozen =
+            |init: Initializer| -> Param<Tensor<B, 1>> { init.init([channels], device).set_require_grad(false) };
         Self {
             weight: frozen(Initializer::Ones),
             bias: frozen(Initializer::Zeros),
@@ -258,7 +248,9 @@ pub struct Bottleneck<B: Backend> {
     pub downsample: Option<Downsample<B>>,
 }
 
-/// A residual block.
+/// A residual block. (Both variants are a few KB of parameter handles; boxing is not supported by
+/// Burn's `Module` derive, and blocks live in `Vec`s, so the size difference does not matter.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Block<B: Backend> {
     /// ResNet-18/34 block.
@@ -328,20 +320,13 @@ impl<B: Backend> ResNet<B> {
     /// - `x`: `[B, 3, H, W]` (normalised), H and W multiples of 32
     /// - output: see [`BackboneFeatures`]
     pub fn forward(&self, x: Tensor<B, 4>) -> BackboneFeatures<B> {
-        let x = self
-            .maxpool
-            .forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        let x = self.maxpool.forward(relu(self.bn1.forward(self.conv1.forward(x))));
         let run = |stage: &[Block<B>], x: Tensor<B, 4>| stage.iter().fold(x, |x, b| b.forward(x));
         let res2 = run(&self.layer1, x);
         let res3 = run(&self.layer2, res2.clone());
         let res4 = run(&self.layer3, res3.clone());
         let res5 = run(&self.layer4, res4.clone());
-        BackboneFeatures {
-            res2,
-            res3,
-            res4,
-            res5,
-        }
+        BackboneFeatures { res2, res3, res4, res5 }
     }
 }
 
@@ -367,10 +352,7 @@ mod tests {
 
     #[test]
     fn bad_depth_names_the_key() {
-        let err = ResNetConfig::new()
-            .with_depth(42)
-            .init::<TestBackend>(&Default::default())
-            .unwrap_err();
+        let err = ResNetConfig::new().with_depth(42).init::<TestBackend>(&Default::default()).unwrap_err();
         assert!(err.to_string().contains("model.backbone.depth"), "{err}");
     }
 
@@ -379,9 +361,7 @@ mod tests {
         // torchvision resnet50 has 25,557,032 parameters; minus fc (2048·1000 + 1000) = 23,508,032,
         // of which 53,120 are BN weights/biases. Frozen BN here holds γ, β, mean and var as
         // non-trainable params, so num_params = 23,508,032 + 53,120 (mean/var) = 23,561,152.
-        let net = ResNetConfig::new()
-            .init::<TestBackend>(&Default::default())
-            .unwrap();
+        let net = ResNetConfig::new().init::<TestBackend>(&Default::default()).unwrap();
         assert_eq!(net.num_params(), 23_561_152);
         assert_eq!(crate::model::trainable_params(&net), 23_508_032 - 53_120);
     }
@@ -390,15 +370,12 @@ mod tests {
     fn frozen_bn_applies_affine_transform() {
         let device = Default::default();
         let mut bn = FrozenBatchNorm2d::<TestBackend>::new(1, &device);
-        let set =
-            |v: f32| Param::from_tensor(Tensor::from_floats([v], &device)).set_require_grad(false);
+        let set = |v: f32| Param::from_tensor(Tensor::from_floats([v], &device)).set_require_grad(false);
         bn.weight = set(2.0);
         bn.bias = set(1.0);
         bn.running_mean = set(3.0);
         bn.running_var = set(4.0 - 1e-5);
-        let y = bn
-            .forward(Tensor::from_floats([[[[5.0]]]], &device))
-            .into_scalar();
+        let y = bn.forward(Tensor::from_floats([[[[5.0]]]], &device)).into_scalar();
         // (5 − 3)·2/√4 + 1 = 3
         assert!((y - 3.0).abs() < 1e-5, "{y}");
     }

@@ -85,19 +85,12 @@ impl<B: Backend> DecoderLayer<B> {
             Some(p) => x + p.clone(),
             None => x,
         };
-        let a = self.cross_attn.forward(
-            with_pos(tgt.clone()),
-            memory.clone() + pos,
-            memory,
-            Some(cross_mask),
-        );
+        let a = self.cross_attn.forward(with_pos(tgt.clone()), memory.clone() + pos, memory, Some(cross_mask));
         let tgt = self.cross_norm.forward(tgt + a);
         let q = with_pos(tgt.clone());
         let a = self.self_attn.forward(q.clone(), q, tgt.clone(), self_mask);
         let tgt = self.self_norm.forward(tgt + a);
-        let f = self
-            .linear2
-            .forward(relu(self.linear1.forward(tgt.clone())));
+        let f = self.linear2.forward(relu(self.linear1.forward(tgt.clone())));
         self.ffn_norm.forward(tgt + f)
     }
 }
@@ -140,10 +133,7 @@ pub struct DecoderOutput<B: Backend> {
 impl<B: Backend> DecoderOutput<B> {
     /// The final prediction of the matching queries only (what inference uses).
     pub fn last_matching(&self) -> Prediction<B> {
-        let last = self
-            .predictions
-            .last()
-            .expect("decoder makes at least one prediction");
+        let last = self.predictions.last().expect("decoder makes at least one prediction");
         last.split_at(self.num_extra).1
     }
 }
@@ -226,18 +216,14 @@ impl TransformerDecoderConfig {
             (0..NUM_LEVELS)
                 .map(|_| {
                     zero_conv_bias(
-                        Conv2dConfig::new([in_channels, d], [1, 1])
-                            .with_initializer(c2_xavier())
-                            .init(device),
+                        Conv2dConfig::new([in_channels, d], [1, 1]).with_initializer(c2_xavier()).init(device),
                     )
                 })
                 .collect()
         });
         TransformerDecoder {
             query_feat: embedding(self.num_queries, d, device),
-            query_embed: self
-                .use_query_pos_embed
-                .then(|| embedding(self.num_queries, d, device)),
+            query_embed: self.use_query_pos_embed.then(|| embedding(self.num_queries, d, device)),
             level_embed: embedding(NUM_LEVELS, d, device),
             input_proj,
             layers,
@@ -263,15 +249,10 @@ pub fn unmask_full_rows<B: Backend>(mask: Tensor<B, 4, Bool>) -> Tensor<B, 4, Bo
 ///
 /// # Shapes
 /// - `mask_logits`: `[B, T, H4, W4]` → `[B, 1, T, h·w]`
-pub fn attention_mask_from_logits<B: Backend>(
-    mask_logits: Tensor<B, 4>,
-    size: [usize; 2],
-) -> Tensor<B, 4, Bool> {
+pub fn attention_mask_from_logits<B: Backend>(mask_logits: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4, Bool> {
     let [b, t, _, _] = mask_logits.dims();
     let resized = bilinear(mask_logits.detach(), size);
-    sigmoid(resized)
-        .lower_elem(0.5)
-        .reshape([b, 1, t, size[0] * size[1]])
+    sigmoid(resized).lower_elem(0.5).reshape([b, 1, t, size[0] * size[1]])
 }
 
 impl<B: Backend> TransformerDecoder<B> {
@@ -292,11 +273,7 @@ impl<B: Backend> TransformerDecoder<B> {
         mask_features: Tensor<B, 4>,
         extra: Option<ExtraQueries<'_, B>>,
     ) -> DecoderOutput<B> {
-        assert_eq!(
-            multi_scale_features.len(),
-            NUM_LEVELS,
-            "decoder expects {NUM_LEVELS} memory levels"
-        );
+        assert_eq!(multi_scale_features.len(), NUM_LEVELS, "decoder expects {NUM_LEVELS} memory levels");
         let device = mask_features.device();
         let b = mask_features.dims()[0];
         let d = self.query_feat.dims()[1];
@@ -307,9 +284,7 @@ impl<B: Backend> TransformerDecoder<B> {
         for (l, x) in multi_scale_features.iter().enumerate() {
             let [_, _, h, w] = x.dims();
             sizes.push([h, w]);
-            let pos = sine_encoding::<B>(b, d, h, w, &device)
-                .flatten::<3>(2, 3)
-                .swap_dims(1, 2);
+            let pos = sine_encoding::<B>(b, d, h, w, &device).flatten::<3>(2, 3).swap_dims(1, 2);
             let x = match &self.input_proj {
                 Some(p) => p[l].forward(x.clone()),
                 None => x.clone(),
@@ -318,21 +293,13 @@ impl<B: Backend> TransformerDecoder<B> {
             memory.push((x.flatten::<3>(2, 3).swap_dims(1, 2) + level, pos));
         }
 
-        let mut tgt = self
-            .query_feat
-            .val()
-            .unsqueeze_dim::<3>(0)
-            .expand([b, q, d]);
-        let mut query_pos = self
-            .query_embed
-            .as_ref()
-            .map(|e| e.val().unsqueeze_dim::<3>(0).expand([b, q, d]));
+        let mut tgt = self.query_feat.val().unsqueeze_dim::<3>(0).expand([b, q, d]);
+        let mut query_pos = self.query_embed.as_ref().map(|e| e.val().unsqueeze_dim::<3>(0).expand([b, q, d]));
         let (num_extra, self_mask, mut rows) = match extra {
             Some(extra) => {
                 let p = extra.content.dims()[1];
                 tgt = Tensor::cat(vec![extra.content, tgt], 1);
-                query_pos =
-                    query_pos.map(|qp| Tensor::cat(vec![Tensor::zeros([b, p, d], &device), qp], 1));
+                query_pos = query_pos.map(|qp| Tensor::cat(vec![Tensor::zeros([b, p, d], &device), qp], 1));
                 let t = p + q;
                 let self_mask = extra.self_attn_mask.map(|m| {
                     assert_eq!(m.dims(), [t, t], "self-attention mask must be [P+Q, P+Q]");
@@ -345,39 +312,20 @@ impl<B: Backend> TransformerDecoder<B> {
 
         let mut predictions = Vec::with_capacity(self.layers.len() + 1);
         let (class_logits, mask_logits) = self.heads.forward(tgt.clone(), mask_features.clone());
-        let mut attn_mask =
-            self.layer_mask(0, &mask_logits, &sizes, num_extra, rows.as_deref_mut());
-        predictions.push(Prediction {
-            class_logits,
-            mask_logits,
-        });
+        let mut attn_mask = self.layer_mask(0, &mask_logits, &sizes, num_extra, rows.as_deref_mut());
+        predictions.push(Prediction { class_logits, mask_logits });
 
         for (l, layer) in self.layers.iter().enumerate() {
             let (mem, pos) = &memory[l % NUM_LEVELS];
             let mask = unmask_full_rows(attn_mask.take().expect("mask prepared for every layer"));
-            tgt = layer.forward(
-                tgt,
-                query_pos.clone(),
-                mem.clone(),
-                pos.clone(),
-                mask,
-                self_mask.clone(),
-            );
-            let (class_logits, mask_logits) =
-                self.heads.forward(tgt.clone(), mask_features.clone());
+            tgt = layer.forward(tgt, query_pos.clone(), mem.clone(), pos.clone(), mask, self_mask.clone());
+            let (class_logits, mask_logits) = self.heads.forward(tgt.clone(), mask_features.clone());
             if l + 1 < self.layers.len() {
-                attn_mask =
-                    self.layer_mask(l + 1, &mask_logits, &sizes, num_extra, rows.as_deref_mut());
+                attn_mask = self.layer_mask(l + 1, &mask_logits, &sizes, num_extra, rows.as_deref_mut());
             }
-            predictions.push(Prediction {
-                class_logits,
-                mask_logits,
-            });
+            predictions.push(Prediction { class_logits, mask_logits });
         }
-        DecoderOutput {
-            predictions,
-            num_extra,
-        }
+        DecoderOutput { predictions, num_extra }
     }
 
     /// The cross-attention mask for `layer`: rows from predicted masks, with the extra queries'
@@ -397,15 +345,8 @@ impl<B: Backend> TransformerDecoder<B> {
         };
         let [b, _, t, s] = predicted.dims();
         let heads = override_rows.dims()[1];
-        assert_eq!(
-            override_rows.dims()[2],
-            num_extra,
-            "override must cover exactly the P extra queries"
-        );
-        let matching =
-            predicted
-                .narrow(2, num_extra, t - num_extra)
-                .expand([b, heads, t - num_extra, s]);
+        assert_eq!(override_rows.dims()[2], num_extra, "override must cover exactly the P extra queries");
+        let matching = predicted.narrow(2, num_extra, t - num_extra).expand([b, heads, t - num_extra, s]);
         Some(Tensor::cat(vec![override_rows, matching], 2))
     }
 }
@@ -428,17 +369,12 @@ mod tests {
             .init(16, 16, 3, device)
     }
 
-    fn inputs(
-        device: &crate::test_util::TestDevice,
-    ) -> (Vec<Tensor<TestBackend, 4>>, Tensor<TestBackend, 4>) {
+    fn inputs(device: &crate::test_util::TestDevice) -> (Vec<Tensor<TestBackend, 4>>, Tensor<TestBackend, 4>) {
         let ms = [[1, 2], [2, 4], [4, 8]]
             .iter()
             .map(|&[h, w]| Tensor::random([2, 16, h, w], Distribution::Normal(0.0, 1.0), device))
             .collect();
-        (
-            ms,
-            Tensor::random([2, 16, 8, 16], Distribution::Normal(0.0, 1.0), device),
-        )
+        (ms, Tensor::random([2, 16, 8, 16], Distribution::Normal(0.0, 1.0), device))
     }
 
     #[test]
@@ -460,13 +396,29 @@ mod tests {
     #[test]
     fn fully_masked_rows_are_cleared_others_kept() {
         let device = Default::default();
-        let m = Tensor::<TestBackend, 1, Bool>::from_data(
-            [true, true, true, true, false, true].as_slice(),
-            &device,
-        )
-        .reshape([1, 1, 2, 3]);
+        let m = Tensor::<TestBackend, 1, Bool>::from_data([true, true, true, true, false, true].as_slice(), &device)
+            .reshape([1, 1, 2, 3]);
         let fixed = unmask_full_rows(m).into_data().to_vec::<bool>().unwrap();
         assert_eq!(fixed, vec![false, false, false, true, false, true]);
+    }
+
+    #[test]
+    fn fully_masked_row_attends_everywhere_after_the_fix() {
+        let device = Default::default();
+        TestBackend::seed(&device, 2);
+        let attn = MultiHeadAttentionConfig::new(8, 2).init::<TestBackend>(&device);
+        let q = Tensor::<TestBackend, 3>::random([1, 2, 8], Distribution::Normal(0.0, 1.0), &device);
+        let kv = Tensor::<TestBackend, 3>::random([1, 4, 8], Distribution::Normal(0.0, 1.0), &device);
+        // Row 0 blocks every key; row 1 blocks none.
+        let mask = Tensor::<TestBackend, 1, Bool>::from_data(
+            [true, true, true, true, false, false, false, false].as_slice(),
+            &device,
+        )
+        .reshape([1, 1, 2, 4]);
+        let fixed = attn.forward(q.clone(), kv.clone(), kv.clone(), Some(unmask_full_rows(mask)));
+        let open = attn.forward(q, kv.clone(), kv, None);
+        let (a, b) = (fixed.into_data().to_vec::<f32>().unwrap(), open.into_data().to_vec::<f32>().unwrap());
+        assert!(crate::test_util::max_abs_diff(&a, &b) < 1e-6);
     }
 
     #[test]
@@ -474,15 +426,9 @@ mod tests {
         let device = Default::default();
         // 1×1 logits map [[-1, 1], [1, -1]] at 2×2 resized to 1×1: mean 0 → sigmoid 0.5 → not blocked.
         let logits = Tensor::<TestBackend, 4>::from_floats([[[[-1.0, 1.0], [1.0, -1.0]]]], &device);
-        let m = attention_mask_from_logits(logits.clone(), [1, 1])
-            .into_data()
-            .to_vec::<bool>()
-            .unwrap();
+        let m = attention_mask_from_logits(logits.clone(), [1, 1]).into_data().to_vec::<bool>().unwrap();
         assert_eq!(m, vec![false]);
-        let m = attention_mask_from_logits(logits, [2, 2])
-            .into_data()
-            .to_vec::<bool>()
-            .unwrap();
+        let m = attention_mask_from_logits(logits, [2, 2]).into_data().to_vec::<bool>().unwrap();
         assert_eq!(m, vec![true, false, false, true]);
     }
 
@@ -492,16 +438,11 @@ mod tests {
         let dec = tiny(&device, true);
         let (ms, mf) = inputs(&device);
         let p = 2;
-        let content =
-            Tensor::<TestBackend, 3>::random([2, p, 16], Distribution::Normal(0.0, 1.0), &device);
+        let content = Tensor::<TestBackend, 3>::random([2, p, 16], Distribution::Normal(0.0, 1.0), &device);
         let mut seen = Vec::new();
         let mut rows = |layer: usize, size: [usize; 2]| {
             seen.push((layer, size));
-            Some(Tensor::<TestBackend, 4, Bool>::full(
-                [2, 1, p, size[0] * size[1]],
-                true,
-                &Default::default(),
-            ))
+            Some(Tensor::<TestBackend, 4, Bool>::full([2, 1, p, size[0] * size[1]], true, &Default::default()))
         };
         // Matching queries cannot see extra queries.
         let t = p + 5;
@@ -511,34 +452,16 @@ mod tests {
                 sm[r * t + c] = true;
             }
         }
-        let self_attn_mask =
-            Tensor::<TestBackend, 1, Bool>::from_data(sm.as_slice(), &device).reshape([t, t]);
-        let extra = ExtraQueries {
-            content,
-            self_attn_mask: Some(self_attn_mask),
-            cross_attn_rows: Some(&mut rows),
-        };
+        let self_attn_mask = Tensor::<TestBackend, 1, Bool>::from_data(sm.as_slice(), &device).reshape([t, t]);
+        let extra = ExtraQueries { content, self_attn_mask: Some(self_attn_mask), cross_attn_rows: Some(&mut rows) };
         let out = dec.forward(&ms, mf.clone(), Some(extra));
         assert_eq!(out.num_extra, p);
         assert_eq!(out.predictions[0].class_logits.dims(), [2, t, 4]);
-        assert_eq!(
-            seen,
-            vec![(0, [1, 2]), (1, [2, 4]), (2, [4, 8]), (3, [1, 2])]
-        );
+        assert_eq!(seen, vec![(0, [1, 2]), (1, [2, 4]), (2, [4, 8]), (3, [1, 2])]);
         // With matching queries blind to the extras, their outputs equal a plain run's.
         let plain = dec.forward(&ms, mf, None);
-        let a = out
-            .last_matching()
-            .mask_logits
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let b = plain
-            .last_matching()
-            .mask_logits
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let a = out.last_matching().mask_logits.into_data().to_vec::<f32>().unwrap();
+        let b = plain.last_matching().mask_logits.into_data().to_vec::<f32>().unwrap();
         assert!(crate::test_util::max_abs_diff(&a, &b) < 1e-4);
     }
 }

@@ -56,10 +56,8 @@ impl MSDeformAttnConfig {
         assert!(d % m == 0, "d_model {d} must be divisible by n_heads {m}");
         let mut sampling_offsets = linear(d, m * l * p * 2, LinearInit::Zeros, device);
         let bias = ring_offsets_bias(m, l, p);
-        sampling_offsets.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(bias, [m * l * p * 2]),
-            device,
-        )));
+        sampling_offsets.bias =
+            Some(Param::from_tensor(Tensor::from_data(TensorData::new(bias, [m * l * p * 2]), device)));
         MSDeformAttn {
             sampling_offsets,
             attention_weights: linear(d, m * l * p, LinearInit::Zeros, device),
@@ -111,33 +109,17 @@ impl<B: Backend> MSDeformAttn<B> {
         let s = input_flatten.dims()[1];
         let (m, l, p) = (self.n_heads, self.n_levels, self.n_points);
         assert_eq!(spatial_shapes.len(), l, "expected {l} levels");
-        assert_eq!(
-            spatial_shapes.iter().map(|[h, w]| h * w).sum::<usize>(),
-            s,
-            "S ≠ Σ h·w"
-        );
+        assert_eq!(spatial_shapes.iter().map(|[h, w]| h * w).sum::<usize>(), s, "S ≠ Σ h·w");
         let device = query.device();
 
-        let value = self
-            .value_proj
-            .forward(input_flatten)
-            .reshape([b, s, m, d / m]);
-        let offsets = self
-            .sampling_offsets
-            .forward(query.clone())
-            .reshape([b, lq, m, l, p, 2]);
-        let weights = self
-            .attention_weights
-            .forward(query)
-            .reshape([b, lq, m, l * p]);
+        let value = self.value_proj.forward(input_flatten).reshape([b, s, m, d / m]);
+        let offsets = self.sampling_offsets.forward(query.clone()).reshape([b, lq, m, l, p, 2]);
+        let weights = self.attention_weights.forward(query).reshape([b, lq, m, l * p]);
         let weights = softmax(weights, 3).reshape([b, lq, m, l, p]);
 
-        let normalizer: Vec<f32> = spatial_shapes
-            .iter()
-            .flat_map(|[h, w]| [*w as f32, *h as f32])
-            .collect();
-        let normalizer = Tensor::<B, 1>::from_data(TensorData::new(normalizer, [l * 2]), &device)
-            .reshape([1, 1, 1, l, 1, 2]);
+        let normalizer: Vec<f32> = spatial_shapes.iter().flat_map(|[h, w]| [*w as f32, *h as f32]).collect();
+        let normalizer =
+            Tensor::<B, 1>::from_data(TensorData::new(normalizer, [l * 2]), &device).reshape([1, 1, 1, l, 1, 2]);
         let locations = reference_points.reshape([b, lq, 1, l, 1, 2]) + offsets / normalizer;
         let out = ms_deform_attn_core(value, spatial_shapes, locations, weights);
         self.output_proj.forward(out)
@@ -164,28 +146,19 @@ pub fn ms_deform_attn_core<B: Backend>(
     let mut start = 0;
     let mut sampled = Vec::with_capacity(l);
     for (lvl, &[h, w]) in spatial_shapes.iter().enumerate() {
-        let value_l = value
-            .clone()
-            .narrow(1, start, h * w)
-            .permute([0, 2, 3, 1])
-            .reshape([b * m, dh, h, w]);
-        let grid_l = grids
-            .clone()
-            .narrow(3, lvl, 1)
-            .reshape([b, lq, m, p, 2])
-            .permute([0, 2, 1, 3, 4])
-            .reshape([b * m, lq, p, 2]);
+        let value_l = value.clone().narrow(1, start, h * w).permute([0, 2, 3, 1]).reshape([b * m, dh, h, w]);
+        let grid_l = grids.clone().narrow(3, lvl, 1).reshape([b, lq, m, p, 2]).permute([0, 2, 1, 3, 4]).reshape([
+            b * m,
+            lq,
+            p,
+            2,
+        ]);
         sampled.push(value_l.grid_sample_2d(grid_l, GridSampleOptions::default()));
         start += h * w;
     }
     let sampled = Tensor::cat(sampled, 3); // [B·M, D, Lq, L·P]
-    let weights = weights
-        .permute([0, 2, 1, 3, 4])
-        .reshape([b * m, 1, lq, l * p]);
-    (sampled * weights)
-        .sum_dim(3)
-        .reshape([b, m * dh, lq])
-        .swap_dims(1, 2)
+    let weights = weights.permute([0, 2, 1, 3, 4]).reshape([b * m, 1, lq, l * p]);
+    (sampled * weights).sum_dim(3).reshape([b, m * dh, lq]).swap_dims(1, 2)
 }
 
 #[cfg(test)]
@@ -219,22 +192,10 @@ mod tests {
         let shapes = [[3usize, 4usize], [2, 2]];
         let (b, m, dh, lq, l, p) = (2, 2, 3, 5, 2, 3);
         let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
-        let value = Tensor::<TestBackend, 4>::random(
-            [b, s, m, dh],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
+        let value = Tensor::<TestBackend, 4>::random([b, s, m, dh], Distribution::Normal(0.0, 1.0), &device);
         // Locations spill outside [0,1] to exercise zero padding.
-        let loc = Tensor::<TestBackend, 6>::random(
-            [b, lq, m, l, p, 2],
-            Distribution::Uniform(-0.2, 1.2),
-            &device,
-        );
-        let wts = Tensor::<TestBackend, 5>::random(
-            [b, lq, m, l, p],
-            Distribution::Uniform(0.0, 1.0),
-            &device,
-        );
+        let loc = Tensor::<TestBackend, 6>::random([b, lq, m, l, p, 2], Distribution::Uniform(-0.2, 1.2), &device);
+        let wts = Tensor::<TestBackend, 5>::random([b, lq, m, l, p], Distribution::Uniform(0.0, 1.0), &device);
         let out = ms_deform_attn_core(value.clone(), &shapes, loc.clone(), wts.clone());
         assert_eq!(out.dims(), [b, lq, m * dh]);
         let out = out.into_data().to_vec::<f32>().unwrap();
@@ -252,9 +213,8 @@ mod tests {
                         let mut start = 0;
                         for (li, &[h, w]) in shapes.iter().enumerate() {
                             // plane of (bi, level li, head mi, channel c)
-                            let plane: Vec<f32> = (0..h * w)
-                                .map(|k| v[((bi * s + start + k) * m + mi) * dh + c])
-                                .collect();
+                            let plane: Vec<f32> =
+                                (0..h * w).map(|k| v[((bi * s + start + k) * m + mi) * dh + c]).collect();
                             for pi in 0..p {
                                 let base = ((((bi * lq + q) * m + mi) * l + li) * p + pi) * 2;
                                 let (x, y) = (lo[base], lo[base + 1]);
@@ -269,6 +229,22 @@ mod tests {
             }
         }
         assert!(max_abs_diff(&out, &expected) < 1e-5);
+    }
+
+    #[test]
+    fn grid_sample_zero_padding_half_pixel_by_hand() {
+        let device = Default::default();
+        // 2×2 image [[1, 2], [3, 4]]; pixel centres sit at normalised ±0.5.
+        let img = Tensor::<TestBackend, 4>::from_floats([[[[1.0, 2.0], [3.0, 4.0]]]], &device);
+        let grid = Tensor::<TestBackend, 4>::from_floats(
+            [[[[-0.5, -0.5], [0.5, 0.5], [0.0, 0.0], [-1.0, -0.5], [1.5, 0.0], [0.0, -0.5]]]],
+            &device,
+        );
+        let out = img.grid_sample_2d(grid, GridSampleOptions::default()).into_data().to_vec::<f32>().unwrap();
+        // centre of (0,0) = 1; centre of (1,1) = 4; middle = mean 2.5; x=-1 is half a pixel left
+        // of column 0: half weight from the zero padding → 0.5·1; x=1.5 is fully outside → 0;
+        // (x=0, y=-0.5) halfway between 1 and 2 → 1.5.
+        assert!(max_abs_diff(&out, &[1.0, 4.0, 2.5, 0.5, 0.0, 1.5]) < 1e-6, "{out:?}");
     }
 
     #[test]
@@ -293,17 +269,10 @@ mod tests {
             .with_n_points(2)
             .init::<TestBackend>(&device);
         let shapes = [[2usize, 2usize], [1, 1]];
-        let src =
-            Tensor::<TestBackend, 3>::random([1, 5, 16], Distribution::Normal(0.0, 1.0), &device);
+        let src = Tensor::<TestBackend, 3>::random([1, 5, 16], Distribution::Normal(0.0, 1.0), &device);
         let refs = Tensor::<TestBackend, 4>::full([1, 5, 2, 2], 0.5, &device);
         let out = attn.forward(src.clone(), refs, src, &shapes);
         assert_eq!(out.dims(), [1, 5, 16]);
-        assert!(
-            out.into_data()
-                .to_vec::<f32>()
-                .unwrap()
-                .iter()
-                .all(|v| v.is_finite())
-        );
+        assert!(out.into_data().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
     }
 }

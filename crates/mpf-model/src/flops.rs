@@ -35,11 +35,7 @@ fn conv(cin: usize, cout: usize, k: usize, out_hw: usize) -> f64 {
 }
 
 /// Estimates inference FLOPs for one image of `height × width` (padded up to a multiple of 32).
-pub fn estimate(
-    cfg: &Mask2FormerConfig,
-    height: usize,
-    width: usize,
-) -> Result<FlopsEstimate, ModelError> {
+pub fn estimate(cfg: &Mask2FormerConfig, height: usize, width: usize) -> Result<FlopsEstimate, ModelError> {
     cfg.validate()?;
     let (h, w) = (height.div_ceil(32) * 32, width.div_ceil(32) * 32);
     let hw = |s: usize| (h / s) * (w / s);
@@ -54,11 +50,7 @@ pub fn estimate(
         let planes = bb.width << i;
         let out_stride = 4 << i;
         for j in 0..n {
-            let in_stride = if j == 0 && i > 0 {
-                out_stride / 2
-            } else {
-                out_stride
-            };
+            let in_stride = if j == 0 && i > 0 { out_stride / 2 } else { out_stride };
             let cout = planes * e;
             if bottleneck {
                 backbone += conv(cin, planes, 1, hw(in_stride));
@@ -80,8 +72,7 @@ pub fn estimate(
     let pd = &cfg.pixel_decoder;
     let d = pd.conv_dim;
     let s_tokens = hw(32) + hw(16) + hw(8);
-    let mut pixel =
-        conv(ch[3], d, 1, hw(32)) + conv(ch[2], d, 1, hw(16)) + conv(ch[1], d, 1, hw(8));
+    let mut pixel = conv(ch[3], d, 1, hw(32)) + conv(ch[2], d, 1, hw(16)) + conv(ch[1], d, 1, hw(8));
     let samples = pd.num_heads * 3 * pd.num_points;
     let per_layer = s_tokens as f64
         * (2.0 * (d * d) as f64 // value + output projections
@@ -110,12 +101,7 @@ pub fn estimate(
         + t * pd.mask_dim as f64 * hw(4) as f64;
     decoder += heads * (dec.num_layers + 1) as f64;
 
-    Ok(FlopsEstimate {
-        input: [h, w],
-        backbone,
-        pixel_decoder: pixel,
-        transformer_decoder: decoder,
-    })
+    Ok(FlopsEstimate { input: [h, w], backbone, pixel_decoder: pixel, transformer_decoder: decoder })
 }
 
 #[cfg(test)]

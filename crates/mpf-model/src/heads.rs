@@ -52,11 +52,7 @@ impl<B: Backend> PredictionHeads<B> {
     /// # Shapes
     /// - `queries`: `[B, T, d]`; `mask_features`: `[B, C, H4, W4]`
     /// - output: (`[B, T, K+1]`, `[B, T, H4, W4]`)
-    pub fn forward(
-        &self,
-        queries: Tensor<B, 3>,
-        mask_features: Tensor<B, 4>,
-    ) -> (Tensor<B, 3>, Tensor<B, 4>) {
+    pub fn forward(&self, queries: Tensor<B, 3>, mask_features: Tensor<B, 4>) -> (Tensor<B, 3>, Tensor<B, 4>) {
         let x = self.decoder_norm.forward(queries);
         let class_logits = self.class_embed.forward(x.clone());
         let n = self.mask_embed.len();
@@ -66,9 +62,7 @@ impl<B: Backend> PredictionHeads<B> {
         });
         let [b, c, h, w] = mask_features.dims();
         let t = emb.dims()[1];
-        let masks = emb
-            .matmul(mask_features.reshape([b, c, h * w]))
-            .reshape([b, t, h, w]);
+        let masks = emb.matmul(mask_features.reshape([b, c, h * w])).reshape([b, t, h, w]);
         (class_logits, masks)
     }
 }
@@ -83,24 +77,14 @@ mod tests {
         let device = Default::default();
         TestBackend::seed(&device, 5);
         let heads = PredictionHeadsConfig::new(4, 3, 2).init::<TestBackend>(&device);
-        let q = Tensor::<TestBackend, 3>::random(
-            [1, 2, 4],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let mf = Tensor::<TestBackend, 4>::random(
-            [1, 3, 2, 2],
-            burn::tensor::Distribution::Normal(0.0, 1.0),
-            &device,
-        );
+        let q = Tensor::<TestBackend, 3>::random([1, 2, 4], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let mf = Tensor::<TestBackend, 4>::random([1, 3, 2, 2], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let (cls, masks) = heads.forward(q.clone(), mf.clone());
         assert_eq!(cls.dims(), [1, 2, 3]);
         assert_eq!(masks.dims(), [1, 2, 2, 2]);
         // Recompute the embedding by hand and dot it with each pixel's feature vector.
         let x = heads.decoder_norm.forward(q);
-        let e = heads.mask_embed[2].forward(relu(
-            heads.mask_embed[1].forward(relu(heads.mask_embed[0].forward(x))),
-        ));
+        let e = heads.mask_embed[2].forward(relu(heads.mask_embed[1].forward(relu(heads.mask_embed[0].forward(x)))));
         let e = e.into_data().to_vec::<f32>().unwrap();
         let f = mf.into_data().to_vec::<f32>().unwrap();
         let mut expected = vec![0f32; 8];

@@ -22,11 +22,7 @@ pub struct InputConfig {
 
 impl Default for InputConfig {
     fn default() -> Self {
-        Self {
-            pixel_mean: [123.675, 116.28, 103.53],
-            pixel_std: [58.395, 57.12, 57.375],
-            size_divisibility: 32,
-        }
+        Self { pixel_mean: [123.675, 116.28, 103.53], pixel_std: [58.395, 57.12, 57.375], size_divisibility: 32 }
     }
 }
 
@@ -51,44 +47,33 @@ pub struct Mask2FormerConfig {
 impl Mask2FormerConfig {
     /// Checks every constraint the parts rely on, naming the offending config key.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let bad = |key: &str, reason: String| {
-            Err(ModelError::InvalidConfig {
-                key: key.into(),
-                reason,
-            })
-        };
+        let bad = |key: &str, reason: String| Err(ModelError::InvalidConfig { key: key.into(), reason });
         self.backbone.layout()?;
         let pd = &self.pixel_decoder;
         let dec = &self.decoder;
         if self.num_classes == 0 {
             return bad("model.num_classes", "must be > 0".into());
         }
-        if pd.conv_dim == 0 || pd.gn_groups == 0 || pd.conv_dim % pd.gn_groups != 0 {
+        if pd.conv_dim == 0 || pd.gn_groups == 0 || !pd.conv_dim.is_multiple_of(pd.gn_groups) {
             return bad(
                 "model.pixel_decoder.gn_groups",
                 format!("{} must divide conv_dim {}", pd.gn_groups, pd.conv_dim),
             );
         }
-        if pd.num_heads == 0 || pd.conv_dim % pd.num_heads != 0 {
+        if pd.num_heads == 0 || !pd.conv_dim.is_multiple_of(pd.num_heads) {
             return bad(
                 "model.pixel_decoder.num_heads",
                 format!("{} must divide conv_dim {}", pd.num_heads, pd.conv_dim),
             );
         }
-        if dec.num_heads == 0 || dec.hidden_dim % dec.num_heads != 0 {
+        if dec.num_heads == 0 || !dec.hidden_dim.is_multiple_of(dec.num_heads) {
             return bad(
                 "model.decoder.num_heads",
-                format!(
-                    "{} must divide hidden_dim {}",
-                    dec.num_heads, dec.hidden_dim
-                ),
+                format!("{} must divide hidden_dim {}", dec.num_heads, dec.hidden_dim),
             );
         }
-        if dec.hidden_dim % 2 != 0 || pd.conv_dim % 2 != 0 {
-            return bad(
-                "model.decoder.hidden_dim",
-                "widths must be even for the sine encoding".into(),
-            );
+        if !dec.hidden_dim.is_multiple_of(2) || !pd.conv_dim.is_multiple_of(2) {
+            return bad("model.decoder.hidden_dim", "widths must be even for the sine encoding".into());
         }
         if dec.num_queries == 0 {
             return bad("model.decoder.num_queries", "must be > 0".into());
@@ -105,18 +90,11 @@ impl Mask2FormerConfig {
         let backbone = self.backbone.init(device)?;
         let channels = self.backbone.out_channels()?;
         let pixel_decoder = self.pixel_decoder.init(channels, device);
-        let decoder = self.decoder.init(
-            self.pixel_decoder.conv_dim,
-            self.pixel_decoder.mask_dim,
-            self.num_classes,
-            device,
-        );
-        Ok(Mask2Former {
-            backbone,
-            pixel_decoder,
-            decoder,
-            num_classes: self.num_classes,
-        })
+        let decoder =
+            self.decoder.init(self.pixel_decoder.conv_dim, self.pixel_decoder.mask_dim, self.num_classes, device);
+        let model = Mask2Former { backbone, pixel_decoder, decoder, num_classes: self.num_classes };
+        materialize(&model);
+        Ok(model)
     }
 }
 
@@ -144,16 +122,27 @@ impl<B: Backend> Mask2Former<B> {
     }
 
     /// Forward with extra queries prepended (see [`ExtraQueries`]); predictions then cover `P + Q`.
-    pub fn forward_with_extra(
-        &self,
-        images: Tensor<B, 4>,
-        extra: Option<ExtraQueries<'_, B>>,
-    ) -> DecoderOutput<B> {
+    pub fn forward_with_extra(&self, images: Tensor<B, 4>, extra: Option<ExtraQueries<'_, B>>) -> DecoderOutput<B> {
         let features = self.backbone.forward(images);
         let pixel = self.pixel_decoder.forward(&features);
-        self.decoder
-            .forward(&pixel.multi_scale_features, pixel.mask_features, extra)
+        self.decoder.forward(&pixel.multi_scale_features, pixel.mask_features, extra)
     }
+}
+
+/// Initialises every lazily-initialised parameter of `module` now, in field order.
+///
+/// Burn parameters draw their initial values on first access, and a clone of a module whose
+/// parameters are still lazy draws *its own* values. Materialising right after `init` makes the
+/// weights a function of the seed alone (not of which code touches a parameter first) and makes
+/// clones and records carry the same values as the original.
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    struct Touch;
+    impl<B: Backend> ModuleVisitor<B> for Touch {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Touch);
 }
 
 /// Counts the elements of trainable parameters: everything except the four vectors of each
@@ -181,10 +170,7 @@ pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> usize {
             }
         }
     }
-    let mut c = Count {
-        total: 0,
-        frozen_depth: 0,
-    };
+    let mut c = Count { total: 0, frozen_depth: 0 };
     module.visit(&mut c);
     c.total
 }
@@ -212,11 +198,7 @@ pub struct RgbImage {
 
 impl<B: Backend> ImageBatch<B> {
     /// Normalises with `input.pixel_mean/std` and pads to the batch's padded size.
-    pub fn from_images(
-        images: &[RgbImage],
-        input: &InputConfig,
-        device: &B::Device,
-    ) -> Result<Self, ModelError> {
+    pub fn from_images(images: &[RgbImage], input: &InputConfig, device: &B::Device) -> Result<Self, ModelError> {
         if images.is_empty() {
             return Err(ModelError::InvalidInput("empty image batch".into()));
         }
@@ -239,19 +221,14 @@ impl<B: Backend> ImageBatch<B> {
                 for x in 0..img.width {
                     for c in 0..3 {
                         let v = img.pixels[(y * img.width + x) * 3 + c] as f32;
-                        data[((n * 3 + c) * hp + y) * wp + x] =
-                            (v - input.pixel_mean[c]) / input.pixel_std[c];
+                        data[((n * 3 + c) * hp + y) * wp + x] = (v - input.pixel_mean[c]) / input.pixel_std[c];
                     }
                 }
             }
         }
-        let images_t =
-            Tensor::<B, 1>::from_data(TensorData::new(data, [images.len() * 3 * hp * wp]), device)
-                .reshape([images.len(), 3, hp, wp]);
-        Ok(Self {
-            images: images_t,
-            image_sizes: images.iter().map(|i| [i.height, i.width]).collect(),
-        })
+        let images_t = Tensor::<B, 1>::from_data(TensorData::new(data, [images.len() * 3 * hp * wp]), device)
+            .reshape([images.len(), 3, hp, wp]);
+        Ok(Self { images: images_t, image_sizes: images.iter().map(|i| [i.height, i.width]).collect() })
     }
 }
 
@@ -263,13 +240,8 @@ mod tests {
     #[test]
     fn padding_and_normalisation() {
         let device = Default::default();
-        let img = RgbImage {
-            height: 2,
-            width: 3,
-            pixels: vec![255; 18],
-        };
-        let b = ImageBatch::<TestBackend>::from_images(&[img], &InputConfig::default(), &device)
-            .unwrap();
+        let img = RgbImage { height: 2, width: 3, pixels: vec![255; 18] };
+        let b = ImageBatch::<TestBackend>::from_images(&[img], &InputConfig::default(), &device).unwrap();
         assert_eq!(b.images.dims(), [1, 3, 32, 32]);
         let v = b.images.into_data().to_vec::<f32>().unwrap();
         assert!((v[0] - (255.0 - 123.675) / 58.395).abs() < 1e-6);
@@ -278,24 +250,51 @@ mod tests {
 
     #[test]
     fn bad_image_buffer_is_an_error() {
-        let img = RgbImage {
-            height: 2,
-            width: 3,
-            pixels: vec![0; 5],
-        };
-        let err = ImageBatch::<TestBackend>::from_images(
-            &[img],
-            &InputConfig::default(),
-            &Default::default(),
-        )
-        .unwrap_err();
+        let img = RgbImage { height: 2, width: 3, pixels: vec![0; 5] };
+        let err =
+            ImageBatch::<TestBackend>::from_images(&[img], &InputConfig::default(), &Default::default()).unwrap_err();
         assert!(err.to_string().contains("image 0"), "{err}");
     }
 
     #[test]
-    fn invalid_heads_name_the_key() {
+    fn clones_and_records_carry_the_initialised_weights() {
+        let device = Default::default();
         let cfg = Mask2FormerConfig::new()
-            .with_decoder(TransformerDecoderConfig::new().with_num_heads(7));
+            .with_num_classes(2)
+            .with_backbone(ResNetConfig::new().with_depth(18).with_width(2))
+            .with_pixel_decoder(
+                PixelDecoderConfig::new()
+                    .with_conv_dim(8)
+                    .with_mask_dim(8)
+                    .with_num_heads(2)
+                    .with_encoder_layers(1)
+                    .with_ffn_dim(8)
+                    .with_gn_groups(2),
+            )
+            .with_decoder(
+                TransformerDecoderConfig::new()
+                    .with_hidden_dim(8)
+                    .with_num_queries(3)
+                    .with_num_heads(2)
+                    .with_ffn_dim(8)
+                    .with_num_layers(2),
+            );
+        TestBackend::seed(&device, 9);
+        let model = cfg.init::<TestBackend>(&device).unwrap();
+        let copy = model.clone();
+        let v = |m: &Mask2Former<TestBackend>| m.decoder.query_feat.val().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(v(&copy), v(&model));
+        TestBackend::seed(&device, 9);
+        let again = cfg.init::<TestBackend>(&device).unwrap();
+        // Touch the decoder before the backbone: values do not depend on access order.
+        assert_eq!(v(&again), v(&model));
+        let w = |m: &Mask2Former<TestBackend>| m.backbone.conv1.weight.val().into_data().to_vec::<f32>().unwrap();
+        assert_eq!(w(&again), w(&model));
+    }
+
+    #[test]
+    fn invalid_heads_name_the_key() {
+        let cfg = Mask2FormerConfig::new().with_decoder(TransformerDecoderConfig::new().with_num_heads(7));
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("model.decoder.num_heads"), "{err}");
     }

@@ -84,13 +84,9 @@ impl<B: Backend> EncoderLayer<B> {
         reference_points: Tensor<B, 4>,
         shapes: &[[usize; 2]],
     ) -> Tensor<B, 3> {
-        let attn = self
-            .self_attn
-            .forward(src.clone() + pos, reference_points, src.clone(), shapes);
+        let attn = self.self_attn.forward(src.clone() + pos, reference_points, src.clone(), shapes);
         let src = self.norm1.forward(src + attn);
-        let ffn = self
-            .linear2
-            .forward(relu(self.linear1.forward(src.clone())));
+        let ffn = self.linear2.forward(relu(self.linear1.forward(src.clone())));
         self.norm2.forward(src + ffn)
     }
 }
@@ -165,18 +161,10 @@ impl PixelDecoderConfig {
             input_proj,
             level_embed: crate::init::embedding(NUM_LEVELS, d, device),
             encoder,
-            lateral: ConvNorm {
-                conv: plain(in_channels[0], d, 1),
-                norm: gn(d),
-            },
-            output: ConvNorm {
-                conv: plain(d, d, 3),
-                norm: gn(d),
-            },
+            lateral: ConvNorm { conv: plain(in_channels[0], d, 1), norm: gn(d) },
+            output: ConvNorm { conv: plain(d, d, 3), norm: gn(d) },
             mask_features: zero_conv_bias(
-                Conv2dConfig::new([d, self.mask_dim], [1, 1])
-                    .with_initializer(c2_xavier())
-                    .init(device),
+                Conv2dConfig::new([d, self.mask_dim], [1, 1]).with_initializer(c2_xavier()).init(device),
             ),
             conv_dim: d,
         }
@@ -188,11 +176,7 @@ impl PixelDecoderConfig {
 ///
 /// # Shapes
 /// - output: `[B, S, L, 2]`
-pub fn reference_points<B: Backend>(
-    batch: usize,
-    shapes: &[[usize; 2]],
-    device: &B::Device,
-) -> Tensor<B, 4> {
+pub fn reference_points<B: Backend>(batch: usize, shapes: &[[usize; 2]], device: &B::Device) -> Tensor<B, 4> {
     let l = shapes.len();
     let mut pts = Vec::new();
     for &[h, w] in shapes {
@@ -207,9 +191,7 @@ pub fn reference_points<B: Backend>(
         }
     }
     let s = pts.len() / (2 * l);
-    Tensor::<B, 1>::from_data(TensorData::new(pts, [s * l * 2]), device)
-        .reshape([1, s, l, 2])
-        .expand([batch, s, l, 2])
+    Tensor::<B, 1>::from_data(TensorData::new(pts, [s * l * 2]), device).reshape([1, s, l, 2]).expand([batch, s, l, 2])
 }
 
 impl<B: Backend> PixelDecoder<B> {
@@ -218,11 +200,7 @@ impl<B: Backend> PixelDecoder<B> {
     /// - output: see [`PixelDecoderOutput`]
     pub fn forward(&self, features: &BackboneFeatures<B>) -> PixelDecoderOutput<B> {
         let device = features.res5.device();
-        let inputs = [
-            features.res5.clone(),
-            features.res4.clone(),
-            features.res3.clone(),
-        ];
+        let inputs = [features.res5.clone(), features.res4.clone(), features.res3.clone()];
         let b = features.res5.dims()[0];
         let d = self.conv_dim;
         let mut shapes = Vec::with_capacity(NUM_LEVELS);
@@ -232,9 +210,7 @@ impl<B: Backend> PixelDecoder<B> {
             let [_, _, h, w] = x.dims();
             shapes.push([h, w]);
             srcs.push(proj.forward(x).flatten::<3>(2, 3).swap_dims(1, 2));
-            let pos = sine_encoding::<B>(b, d, h, w, &device)
-                .flatten::<3>(2, 3)
-                .swap_dims(1, 2);
+            let pos = sine_encoding::<B>(b, d, h, w, &device).flatten::<3>(2, 3).swap_dims(1, 2);
             let level = self.level_embed.val().narrow(0, lvl, 1).reshape([1, 1, d]);
             poss.push(pos + level);
         }
@@ -247,22 +223,14 @@ impl<B: Backend> PixelDecoder<B> {
         let mut start = 0;
         let mut multi_scale_features = Vec::with_capacity(NUM_LEVELS);
         for &[h, w] in &shapes {
-            multi_scale_features.push(
-                src.clone()
-                    .narrow(1, start, h * w)
-                    .swap_dims(1, 2)
-                    .reshape([b, d, h, w]),
-            );
+            multi_scale_features.push(src.clone().narrow(1, start, h * w).swap_dims(1, 2).reshape([b, d, h, w]));
             start += h * w;
         }
         let [_, _, h4, w4] = features.res2.dims();
         let finest = multi_scale_features[NUM_LEVELS - 1].clone();
         let y = self.lateral.forward(features.res2.clone()) + bilinear(finest, [h4, w4]);
         let y = relu(self.output.forward(y));
-        PixelDecoderOutput {
-            mask_features: self.mask_features.forward(y),
-            multi_scale_features,
-        }
+        PixelDecoderOutput { mask_features: self.mask_features.forward(y), multi_scale_features }
     }
 }
 
@@ -276,11 +244,7 @@ mod tests {
     fn output_shapes_and_order() {
         let device = Default::default();
         TestBackend::seed(&device, 0);
-        let backbone = ResNetConfig::new()
-            .with_depth(18)
-            .with_width(4)
-            .init::<TestBackend>(&device)
-            .unwrap();
+        let backbone = ResNetConfig::new().with_depth(18).with_width(4).init::<TestBackend>(&device).unwrap();
         let pd = PixelDecoderConfig::new()
             .with_conv_dim(16)
             .with_mask_dim(8)
@@ -290,11 +254,7 @@ mod tests {
             .with_ffn_dim(32)
             .with_gn_groups(4)
             .init::<TestBackend>([4, 8, 16, 32], &device);
-        let f = backbone.forward(Tensor::random(
-            [2, 3, 64, 96],
-            burn::tensor::Distribution::Default,
-            &device,
-        ));
+        let f = backbone.forward(Tensor::random([2, 3, 64, 96], burn::tensor::Distribution::Default, &device));
         let out = pd.forward(&f);
         assert_eq!(out.mask_features.dims(), [2, 8, 16, 24]);
         let dims: Vec<_> = out.multi_scale_features.iter().map(|t| t.dims()).collect();

@@ -15,10 +15,7 @@ const TEMPERATURE: f64 = 10000.0;
 /// `y_k = (i+1) / (h + 1e-6) · 2π` for row `i`; even `k` take `sin v`, odd `k` take `cos v`.
 /// The x half is the same with columns.
 pub fn sine_encoding_values(channels: usize, h: usize, w: usize) -> Vec<f32> {
-    assert!(
-        channels % 2 == 0,
-        "sine position encoding needs an even channel count, got {channels}"
-    );
+    assert!(channels.is_multiple_of(2), "sine position encoding needs an even channel count, got {channels}");
     let n = channels / 2;
     let scale = 2.0 * std::f64::consts::PI;
     let mut out = vec![0f32; channels * h * w];

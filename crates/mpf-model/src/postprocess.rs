@@ -68,30 +68,17 @@ pub fn semantic_inference<B: Backend>(
     let [q, k1] = class_logits.dims();
     let k = k1 - 1;
     let probs = softmax(class_logits, 1).narrow(1, 0, k); // [Q, K]
-    let masks = sigmoid(bilinear(mask_logits.unsqueeze_dim::<4>(0), geo.padded))
-        .reshape([q, geo.padded[0] * geo.padded[1]]);
-    let semseg = probs
-        .transpose()
-        .matmul(masks)
-        .reshape([k, geo.padded[0], geo.padded[1]]);
-    let scores = resize_to_output(
-        semseg.slice([0..k, 0..geo.padded[0], 0..geo.padded[1]]),
-        geo,
-    );
+    let masks =
+        sigmoid(bilinear(mask_logits.unsqueeze_dim::<4>(0), geo.padded)).reshape([q, geo.padded[0] * geo.padded[1]]);
+    let semseg = probs.transpose().matmul(masks).reshape([k, geo.padded[0], geo.padded[1]]);
+    let scores = resize_to_output(semseg.slice([0..k, 0..geo.padded[0], 0..geo.padded[1]]), geo);
     let labels = argmax_channels(&scores);
     SemanticResult { scores, labels }
 }
 
 fn argmax_channels<B: Backend>(scores: &Tensor<B, 3>) -> Vec<u32> {
     let [_, h, w] = scores.dims();
-    scores
-        .clone()
-        .argmax(0)
-        .reshape([h * w])
-        .into_data()
-        .iter::<i64>()
-        .map(|v| v as u32)
-        .collect()
+    scores.clone().argmax(0).reshape([h * w]).into_data().iter::<i64>().map(|v| v as u32).collect()
 }
 
 /// One detected instance.
@@ -123,9 +110,7 @@ pub fn select_instances(
     let k = num_classes;
     let q = probs.len() / (k + 1);
     let n = mask_logits.len() / q.max(1);
-    let mut pairs: Vec<(f32, usize)> = (0..q * k)
-        .map(|i| (probs[(i / k) * (k + 1) + i % k], i))
-        .collect();
+    let mut pairs: Vec<(f32, usize)> = (0..q * k).map(|i| (probs[(i / k) * (k + 1) + i % k], i)).collect();
     // Descending by probability; ties keep the lower flat index first (a stable, documented order).
     pairs.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     pairs.truncate(detections);
@@ -143,12 +128,7 @@ pub fn select_instances(
                     area += 1.0;
                 }
             }
-            Instance {
-                label: i % k,
-                score: p * inside / (area + 1e-6),
-                query,
-                mask,
-            }
+            Instance { label: i % k, score: p * inside / (area + 1e-6), query, mask }
         })
         .collect();
     out.sort_by(|a, b| b.score.total_cmp(&a.score));
@@ -198,12 +178,7 @@ pub struct PanopticResult {
 ///
 /// - `probs`: `Q × (K+1)` softmax probabilities; `mask_probs`: `Q × N` sigmoid mask probabilities
 /// - `is_thing`: `K` flags
-pub fn merge_panoptic(
-    probs: &[f32],
-    mask_probs: &[f32],
-    is_thing: &[bool],
-    cfg: &PostProcessConfig,
-) -> PanopticResult {
+pub fn merge_panoptic(probs: &[f32], mask_probs: &[f32], is_thing: &[bool], cfg: &PostProcessConfig) -> PanopticResult {
     let k = is_thing.len();
     let q = probs.len() / (k + 1);
     let n = mask_probs.len() / q.max(1);
@@ -214,9 +189,7 @@ pub fn merge_panoptic(
             let (label, &score) = row
                 .iter()
                 .enumerate()
-                .fold((0, &f32::NEG_INFINITY), |best, (i, v)| {
-                    if *v > *best.1 { (i, v) } else { best }
-                });
+                .fold((0, &f32::NEG_INFINITY), |best, (i, v)| if *v > *best.1 { (i, v) } else { best });
             (label != k && score > cfg.object_mask_threshold).then_some((qi, label, score))
         })
         .collect();
@@ -243,9 +216,7 @@ pub fn merge_panoptic(
         let m = &mask_probs[qi * n..(qi + 1) * n];
         let area = owner.iter().filter(|&&o| o == ki).count();
         let original = m.iter().filter(|&&p| p >= 0.5).count();
-        let seg: Vec<usize> = (0..n)
-            .filter(|&px| owner[px] == ki && m[px] >= 0.5)
-            .collect();
+        let seg: Vec<usize> = (0..n).filter(|&px| owner[px] == ki && m[px] >= 0.5).collect();
         if area == 0 || original == 0 || seg.is_empty() {
             continue;
         }
@@ -273,12 +244,7 @@ pub fn merge_panoptic(
         for &px in &seg {
             ids[px] = id;
         }
-        segments.push(Segment {
-            id,
-            category_id: label,
-            is_thing: is_thing[label],
-            area: 0,
-        });
+        segments.push(Segment { id, category_id: label, is_thing: is_thing[label], area: 0 });
     }
     for s in &mut segments {
         s.area = ids.iter().filter(|&&v| v == s.id).count();
@@ -303,10 +269,7 @@ pub fn panoptic_inference<B: Backend>(
 }
 
 fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .expect("float tensor data")
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("float tensor data")
 }
 
 #[cfg(test)]
@@ -371,18 +334,8 @@ mod tests {
         assert_eq!(
             r.segments,
             vec![
-                Segment {
-                    id: 1,
-                    category_id: 0,
-                    is_thing: true,
-                    area: 2
-                },
-                Segment {
-                    id: 2,
-                    category_id: 1,
-                    is_thing: false,
-                    area: 2
-                },
+                Segment { id: 1, category_id: 0, is_thing: true, area: 2 },
+                Segment { id: 2, category_id: 1, is_thing: false, area: 2 },
             ]
         );
     }
@@ -401,11 +354,7 @@ mod tests {
         // Now q1 wins px3 only (higher mask there) but its own mask covers px2 and px3: 1/2 < 0.8.
         let mask_probs = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.6, 0.9];
         let r = merge_panoptic(&probs, &mask_probs, &is_thing, &cfg());
-        assert_eq!(
-            r.ids,
-            vec![1, 1, 1, 0],
-            "px3 is void: its owner was filtered"
-        );
+        assert_eq!(r.ids, vec![1, 1, 1, 0], "px3 is void: its owner was filtered");
         assert_eq!(r.segments.len(), 1);
     }
 
@@ -422,18 +371,11 @@ mod tests {
         // Q=1, K=2 with class logits [ln 3, ln 1, -inf-ish] → probs ≈ [0.75, 0.25, 0].
         let cls = Tensor::<TestBackend, 2>::from_floats([[3f32.ln(), 0.0, -1e9]], &device);
         let masks = Tensor::<TestBackend, 3>::zeros([1, 1, 1], &device); // σ = 0.5 everywhere
-        let geo = ImageGeometry {
-            padded: [4, 4],
-            image: [2, 4],
-            output: [1, 2],
-        };
+        let geo = ImageGeometry { padded: [4, 4], image: [2, 4], output: [1, 2] };
         let r = semantic_inference(cls, masks, geo);
         assert_eq!(r.scores.dims(), [2, 1, 2]);
         let v = r.scores.into_data().to_vec::<f32>().unwrap();
-        assert!(
-            max_abs_diff(&v, &[0.375, 0.375, 0.125, 0.125]) < 1e-6,
-            "{v:?}"
-        );
+        assert!(max_abs_diff(&v, &[0.375, 0.375, 0.125, 0.125]) < 1e-6, "{v:?}");
         assert_eq!(r.labels, vec![0, 0]);
     }
 
@@ -442,15 +384,8 @@ mod tests {
         let device = Default::default();
         // Padded 1×4 = [0, 0, 10, 10] (already at output scale), image is the left half.
         let maps = Tensor::<TestBackend, 3>::from_floats([[[0.0, 0.0, 10.0, 10.0]]], &device);
-        let geo = ImageGeometry {
-            padded: [1, 4],
-            image: [1, 2],
-            output: [1, 2],
-        };
-        let v = resize_to_output(maps, geo)
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let geo = ImageGeometry { padded: [1, 4], image: [1, 2], output: [1, 2] };
+        let v = resize_to_output(maps, geo).into_data().to_vec::<f32>().unwrap();
         assert_eq!(v, vec![0.0, 0.0]);
     }
 }

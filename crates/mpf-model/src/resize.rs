@@ -18,11 +18,7 @@ pub fn bilinear<B: Backend>(x: Tensor<B, 4>, size: [usize; 2]) -> Tensor<B, 4> {
     if [h, w] == size {
         return x;
     }
-    interpolate(
-        x,
-        size,
-        InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false),
-    )
+    interpolate(x, size, InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(false))
 }
 
 #[cfg(test)]
@@ -48,10 +44,7 @@ mod tests {
         let y = bilinear(x, [1, 2]).into_data().to_vec::<f32>().unwrap();
         assert!(max_abs_diff(&y, &[2.0, 12.0]) < 1e-6, "{y:?}");
         // 8→2 (factor 4): src = 1.5, 5.5: pure point sampling between pixels 1,2 and 5,6.
-        let x = Tensor::<TestBackend, 4>::from_floats(
-            [[[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]]],
-            &device,
-        );
+        let x = Tensor::<TestBackend, 4>::from_floats([[[[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]]]], &device);
         let y = bilinear(x, [1, 2]).into_data().to_vec::<f32>().unwrap();
         assert!(max_abs_diff(&y, &[1.5, 5.5]) < 1e-6, "{y:?}");
     }

@@ -1,0 +1,299 @@
+//! Typed TOML experiment configs (`configs/*.toml`) with documented defaults and `--set` overrides.
+//!
+//! A config file only needs the keys that differ from the defaults (the COCO R50 Mask2Former of
+//! the paper). Loading merges the file over the defaults, applies each `--set key=value` in order,
+//! and rejects unknown keys and wrong types with an error naming the file and the dotted key.
+
+use std::path::{Path, PathBuf};
+
+use mpf_model::backbone::ResNetConfig;
+use mpf_model::decoder::TransformerDecoderConfig;
+use mpf_model::model::{InputConfig, Mask2FormerConfig};
+use mpf_model::pixel_decoder::PixelDecoderConfig;
+use mpf_model::postprocess::PostProcessConfig;
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// Which post-processing an experiment reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Task {
+    /// Per-pixel class map (ADE20K, Cityscapes semantic).
+    Semantic,
+    /// Scored instance masks (COCO instance).
+    Instance,
+    /// Non-overlapping things and stuff segments (COCO panoptic).
+    Panoptic,
+}
+
+/// Everything an experiment needs, as written in one TOML file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExperimentConfig {
+    /// Seed of every random stream of the run (initialisation first).
+    pub seed: u64,
+    /// The post-processing the experiment reports.
+    pub task: Task,
+    /// Names of the `K` classes (optional; `class_<i>` when empty).
+    pub class_names: Vec<String>,
+    /// Which of the `K` classes are things (instances); empty means all are things.
+    pub thing_classes: Vec<bool>,
+    /// The network.
+    pub model: Mask2FormerConfig,
+    /// Input normalisation and padding.
+    pub input: InputConfig,
+    /// Inference thresholds.
+    pub test: PostProcessConfig,
+}
+
+impl Default for ExperimentConfig {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            task: Task::Instance,
+            class_names: Vec::new(),
+            thing_classes: Vec::new(),
+            model: Mask2FormerConfig::new()
+                .with_backbone(ResNetConfig::new())
+                .with_pixel_decoder(PixelDecoderConfig::new())
+                .with_decoder(TransformerDecoderConfig::new()),
+            input: InputConfig::default(),
+            test: PostProcessConfig::new(),
+        }
+    }
+}
+
+impl ExperimentConfig {
+    /// Thing flags for all `K` classes (all true when `thing_classes` is empty).
+    pub fn is_thing(&self) -> Vec<bool> {
+        if self.thing_classes.is_empty() { vec![true; self.model.num_classes] } else { self.thing_classes.clone() }
+    }
+
+    /// The name of class `i`.
+    pub fn class_name(&self, i: usize) -> String {
+        self.class_names.get(i).cloned().unwrap_or_else(|| format!("class_{i}"))
+    }
+
+    /// The resolved config as TOML text (every key, defaults included).
+    pub fn to_toml(&self) -> Result<String, ConfigError> {
+        toml::to_string_pretty(self).map_err(|e| ConfigError::Serialize(e.to_string()))
+    }
+}
+
+/// Errors while loading a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config {path} is not valid TOML: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key that no config section defines.
+    #[error("unknown config key `{key}` in {origin}")]
+    UnknownKey {
+        /// Dotted key.
+        key: String,
+        /// The file, or `--set`.
+        origin: String,
+    },
+    /// A `--set` argument without `=`.
+    #[error("--set expects key=value, got `{0}`")]
+    BadOverride(String),
+    /// A value of the wrong type or out of range.
+    #[error("invalid config value in {origin}: {message}")]
+    Invalid {
+        /// The file and/or `--set`.
+        origin: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// The config could not be written out.
+    #[error("cannot serialise config: {0}")]
+    Serialize(String),
+}
+
+/// Loads `path` (or the defaults when `None`) and applies `overrides` (`key=value`, TOML values;
+/// a bare word is taken as a string).
+pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfig, ConfigError> {
+    let mut merged = Value::try_from(ExperimentConfig::default()).map_err(|e| ConfigError::Serialize(e.to_string()))?;
+    let mut origin = "the defaults".to_string();
+    if let Some(path) = path {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let user: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        origin = path.display().to_string();
+        merge(&mut merged, &Value::Table(user), "", &origin)?;
+    }
+    for o in overrides {
+        let (key, raw) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
+        let key = key.trim();
+        let value = parse_value(raw.trim());
+        let mut table = Table::new();
+        insert_dotted(&mut table, key, value);
+        merge(&mut merged, &Value::Table(table), "", &format!("--set {key}"))?;
+        origin = format!("{origin} with --set overrides");
+    }
+    let cfg: ExperimentConfig = merged
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    cfg.model.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    let k = cfg.model.num_classes;
+    if !cfg.thing_classes.is_empty() && cfg.thing_classes.len() != k {
+        return Err(ConfigError::Invalid {
+            origin,
+            message: format!("`thing_classes` has {} entries, model.num_classes is {k}", cfg.thing_classes.len()),
+        });
+    }
+    if !cfg.class_names.is_empty() && cfg.class_names.len() != k {
+        return Err(ConfigError::Invalid {
+            origin,
+            message: format!("`class_names` has {} entries, model.num_classes is {k}", cfg.class_names.len()),
+        });
+    }
+    Ok(cfg)
+}
+
+fn parse_value(raw: &str) -> Value {
+    match format!("v = {raw}").parse::<Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.into())),
+        Err(_) => Value::String(raw.into()),
+    }
+}
+
+fn insert_dotted(table: &mut Table, key: &str, value: Value) {
+    match key.split_once('.') {
+        Some((head, rest)) => {
+            let entry = table.entry(head.to_string()).or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(t) = entry {
+                insert_dotted(t, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// Merges `over` into `base`; every key of `over` must exist in `base`.
+fn merge(base: &mut Value, over: &Value, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+    let (Value::Table(b), Value::Table(o)) = (base, over) else {
+        return Ok(());
+    };
+    for (k, v) in o {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match b.get_mut(k) {
+            None => return Err(ConfigError::UnknownKey { key, origin: origin.into() }),
+            Some(slot @ Value::Table(_)) => {
+                if !v.is_table() {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.into(),
+                        message: format!("`{key}` is a section, got a value"),
+                    });
+                }
+                merge(slot, v, &key, origin)?;
+            }
+            Some(slot) => {
+                if v.is_table() {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.into(),
+                        message: format!("`{key}` is a value, got a section"),
+                    });
+                }
+                let v = coerce(slot, v.clone());
+                if std::mem::discriminant(slot) != std::mem::discriminant(&v) {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.into(),
+                        message: format!("`{key}` expects a {}, got a {} ({v})", slot.type_str(), v.type_str()),
+                    });
+                }
+                *slot = v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Integers are accepted where floats are expected (`--set test.overlap_threshold=1`).
+fn coerce(slot: &Value, v: Value) -> Value {
+    match (slot, v) {
+        (Value::Float(_), Value::Integer(i)) => Value::Float(i as f64),
+        (_, v) => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_are_the_coco_r50_model() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.model.num_classes, 80);
+        assert_eq!(c.model.decoder.num_queries, 100);
+        assert_eq!(c.model.decoder.num_layers, 9);
+        assert_eq!(c.model.backbone.depth, 50);
+        assert_eq!(c.test.object_mask_threshold, 0.8);
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let f = write("[model]\nnum_classes = 3\n[model.decoder]\nnum_queries = 7\n");
+        let c = load(
+            Some(f.path()),
+            &["model.decoder.num_queries=9".into(), "task=panoptic".into(), "test.overlap_threshold=1".into()],
+        )
+        .unwrap();
+        assert_eq!(c.model.num_classes, 3);
+        assert_eq!(c.model.decoder.num_queries, 9);
+        assert_eq!(c.task, Task::Panoptic);
+        assert_eq!(c.test.overlap_threshold, 1.0);
+        assert_eq!(c.model.decoder.hidden_dim, 256, "untouched keys keep their defaults");
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let f = write("[model.decoder]\nnum_querys = 7\n");
+        let e = load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("model.decoder.num_querys") && e.contains(&f.path().display().to_string()), "{e}");
+        let e = load(None, &["model.nope=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("model.nope") && e.contains("--set"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_values_are_named() {
+        let e = load(None, &["model.decoder.num_queries=many".into()]).unwrap_err().to_string();
+        assert!(e.contains("model.decoder.num_queries"), "{e}");
+        let e = load(None, &["model.backbone.depth=42".into()]).unwrap_err().to_string();
+        assert!(e.contains("model.backbone.depth"), "{e}");
+        let e = load(None, &["model.backbone.norm=\"group\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("norm") || e.contains("group"), "{e}");
+        assert!(matches!(load(None, &["seed".into()]), Err(ConfigError::BadOverride(_))));
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = load(None, &["model.num_classes=5".into()]).unwrap();
+        let f = write(&c.to_toml().unwrap());
+        let c2 = load(Some(f.path()), &[]).unwrap();
+        assert_eq!(c2.to_toml().unwrap(), c.to_toml().unwrap());
+    }
+}

@@ -1,0 +1,81 @@
+//! The `mpf-train` program as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mpf-train"))
+}
+
+fn config(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs").join(rel)
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("mpf-train runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn info_reports_the_papers_parameter_count() {
+    let (ok, stdout, stderr) =
+        run(bin().args(["info", "--json", "--config"]).arg(config("coco/instance/mask2former_r50.toml")));
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let trainable = v["trainable_params"].as_u64().unwrap() as f64 / 1e6;
+    assert!((43.5..=44.5).contains(&trainable), "{trainable}");
+    let parts: Vec<&str> = v["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(parts, ["backbone", "pixel_decoder", "transformer_decoder", "heads"]);
+    assert!(v["flops"]["backbone"].as_f64().unwrap() > 1e10);
+}
+
+#[test]
+fn forward_on_synthetic_card_and_on_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = run(bin()
+        .args(["forward", "--size", "96x128", "--config"])
+        .arg(config("synthetic/tiny_mask2former.toml"))
+        .arg("--output")
+        .arg(dir.path()));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("forward"), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("forward.json")).unwrap()).unwrap();
+    assert_eq!(report["task"], "instance");
+    assert_eq!(report["images"][0]["padded"], serde_json::json!([96, 128]));
+    assert_eq!(report["images"][0]["instances"].as_array().unwrap().len(), 20);
+
+    // A real PNG file, panoptic post-processing, and a label map written next to the report.
+    let png = dir.path().join("card.png");
+    image::RgbImage::from_fn(50, 40, |x, y| image::Rgb([(x * 5) as u8, (y * 6) as u8, 0])).save(&png).unwrap();
+    let (ok, _, stderr) = run(bin()
+        .args(["forward", "--config"])
+        .arg(config("synthetic/tiny_mask2former_panoptic.toml"))
+        .arg("--input")
+        .arg(&png)
+        .arg("--output")
+        .arg(dir.path()));
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("forward.json")).unwrap()).unwrap();
+    assert_eq!(report["images"][0]["size"], serde_json::json!([40, 50]));
+    assert_eq!(report["images"][0]["padded"], serde_json::json!([64, 64]));
+    let map = image::open(dir.path().join("image0_panoptic.png")).unwrap();
+    assert_eq!((map.width(), map.height()), (50, 40));
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let (ok, _, stderr) = run(bin().args(["info", "--set", "model.decoder.num_querys=3"]));
+    assert!(!ok && stderr.contains("model.decoder.num_querys"), "{stderr}");
+    let (ok, _, stderr) = run(bin().args(["forward", "--device", "tpu"]));
+    assert!(!ok && stderr.contains("unknown device `tpu`"), "{stderr}");
+    let (ok, _, stderr) = run(bin()
+        .args(["forward", "--input", "/nonexistent/x.png", "--config"])
+        .arg(config("synthetic/tiny_mask2former.toml"))
+        .arg("--output")
+        .arg(tempfile::tempdir().unwrap().path()));
+    assert!(!ok && stderr.contains("/nonexistent/x.png"), "{stderr}");
+    let (ok, _, stderr) = run(bin().args(["info", "--config", "/nonexistent/c.toml"]));
+    assert!(!ok && stderr.contains("/nonexistent/c.toml"), "{stderr}");
+}
