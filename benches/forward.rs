@@ -27,7 +27,7 @@ fn time_forward<B: Backend>(
     B::seed(device, 0);
     let model: Mask2Former<B> = cfg.model.init(device).expect("valid config");
     let x = Tensor::<B, 4>::random([1, 3, size[0], size[1]], burn::tensor::Distribution::Normal(0.0, 1.0), device);
-    let mut once = || {
+    let once = || {
         let t = Instant::now();
         let out = model.forward(x.clone());
         let _ = out.last_matching().mask_logits.into_data();
