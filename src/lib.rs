@@ -5,11 +5,13 @@
 //!
 //! - [`model`] (`mpf-model`): backbone, pixel decoder, masked-attention decoder, heads,
 //!   post-processing;
+//! - [`import`] (`mpf-import`): Hugging Face Mask2Former weights into the model;
 //! - [`train`] (`mpf-train`): typed experiment configs, backend selection and the commands of the
 //!   `mpf-train` program.
 //!
 //! Backends are cargo features: `flex` (default, pure-Rust CPU), `wgpu` (Vulkan/Metal/DX12, or
 //! CPU through Mesa's lavapipe) and `cuda`.
 
+pub use mpf_import as import;
 pub use mpf_model as model;
 pub use mpf_train as train;

@@ -1,0 +1,75 @@
+//! Host-side tensors read from a `.safetensors` file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::ImportError;
+
+/// A host tensor: shape and row-major f32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Values, converted to f32.
+    pub data: Vec<f32>,
+}
+
+/// All float tensors of one file, by key (integer tensors, e.g. `num_batches_tracked`, are kept
+/// with their values converted to f32 so that they count as present).
+#[derive(Debug, Clone)]
+pub struct TensorStore {
+    /// The file they came from.
+    pub path: PathBuf,
+    /// Tensors by key.
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+impl TensorStore {
+    /// Reads every tensor of a `.safetensors` file (F32, F16, BF16, F64, I64, I32).
+    pub fn from_safetensors(path: &Path) -> Result<Self, ImportError> {
+        let bytes = std::fs::read(path).map_err(|source| ImportError::Read { path: path.into(), source })?;
+        let fmt = |message: String| ImportError::Format { path: path.into(), message };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| fmt(format!("not a safetensors file: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let raw = view.data();
+            let data: Vec<f32> = match view.dtype() {
+                Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+                Dtype::F64 => {
+                    raw.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+                }
+                Dtype::F16 => raw.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                Dtype::BF16 => raw.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+                Dtype::I64 => {
+                    raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect()
+                }
+                Dtype::I32 => {
+                    raw.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32).collect()
+                }
+                other => return Err(fmt(format!("tensor `{name}` has unsupported dtype {other:?}"))),
+            };
+            tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
+        }
+        Ok(Self { path: path.into(), tensors })
+    }
+
+    /// Reads every tensor of a PyTorch `torch.save` checkpoint (a state dict; a top-level
+    /// `state_dict` or `model` entry is looked into) through Burn's store.
+    pub fn from_pytorch(path: &Path) -> Result<Self, ImportError> {
+        let fmt = |message: String| ImportError::Format { path: path.into(), message };
+        let reader = burn_store::pytorch::PytorchReader::new(path)
+            .or_else(|_| burn_store::pytorch::PytorchReader::with_top_level_key(path, "state_dict"))
+            .or_else(|_| burn_store::pytorch::PytorchReader::with_top_level_key(path, "model"))
+            .map_err(|e| fmt(format!("not a readable PyTorch checkpoint: {e}")))?;
+        let mut tensors = BTreeMap::new();
+        for (name, snap) in reader.into_tensors() {
+            let data = snap.to_data().map_err(|e| fmt(format!("tensor `{name}`: {e:?}")))?;
+            let shape = data.shape.to_vec();
+            let data = data.convert::<f32>().to_vec::<f32>().map_err(|e| fmt(format!("tensor `{name}`: {e:?}")))?;
+            tensors.insert(name, HostTensor { shape, data });
+        }
+        Ok(Self { path: path.into(), tensors })
+    }
+}
