@@ -85,7 +85,7 @@ fn transformed(src: &HostTensor, transform: Transform) -> Result<HostTensor, Str
         Transform::Transpose => Err(format!("expected a matrix, found shape {:?}", src.shape)),
         Transform::PackedChunk(i) => {
             let rows = src.shape[0];
-            if rows % 3 != 0 {
+            if !rows.is_multiple_of(3) {
                 return Err(format!("packed projection has {rows} rows, not a multiple of 3"));
             }
             let n = rows / 3;

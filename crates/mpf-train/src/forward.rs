@@ -1,7 +1,7 @@
 //! `mpf-train forward`: one inference pass over images, post-processed for the config's task, with
-//! timings and a JSON report. Until checkpoints and weight import land, the model runs with the
-//! config's seeded random initialisation, which checks the pipeline and measures speed on any
-//! backend but does not give meaningful segmentations.
+//! timings and a JSON report. Weights come from a checkpoint (`--checkpoint`, e.g. written by
+//! `mpf-train import`) or, without one, from the config's seeded random initialisation, which checks
+//! the pipeline and measures speed but gives no meaningful segmentation.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -26,6 +26,8 @@ pub struct ForwardTask {
     pub synthetic_size: [usize; 2],
     /// Folder for `forward.json` and label maps.
     pub output: PathBuf,
+    /// Checkpoint folder to load weights from; `None` runs the seeded random initialisation.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// One detected instance in the report.
@@ -122,7 +124,16 @@ impl BackendTask for ForwardTask {
     fn run<B: Backend>(self, device: B::Device, name: &str) -> Self::Output {
         let cfg = &self.config;
         B::seed(&device, cfg.seed);
-        let model = cfg.model.init::<B>(&device)?;
+        let (model, weights) = match &self.checkpoint {
+            Some(dir) => {
+                let info = crate::checkpoint::read_info(dir)?;
+                (
+                    crate::checkpoint::load::<B>(dir, cfg, &device)?,
+                    format!("checkpoint {} ({})", dir.display(), info.source),
+                )
+            }
+            None => (cfg.model.init::<B>(&device)?, format!("random initialisation (seed {})", cfg.seed)),
+        };
         std::fs::create_dir_all(&self.output).with_context(|| format!("cannot create {}", self.output.display()))?;
         let sources: Vec<(String, RgbImage)> = if self.inputs.is_empty() {
             vec![("synthetic".into(), synthetic_image(self.synthetic_size[0], self.synthetic_size[1]))]
@@ -208,12 +219,7 @@ impl BackendTask for ForwardTask {
             report.postprocess_ms = t1.elapsed().as_secs_f64() * 1e3;
             images.push(report);
         }
-        let report = ForwardReport {
-            device: name.into(),
-            task: cfg.task,
-            weights: format!("random initialisation (seed {})", cfg.seed),
-            images,
-        };
+        let report = ForwardReport { device: name.into(), task: cfg.task, weights, images };
         let path = self.output.join("forward.json");
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;

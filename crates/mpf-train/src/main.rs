@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use mpf_import::{Source, import};
+use mpf_train::checkpoint::CheckpointInfo;
 use mpf_train::config;
 use mpf_train::device::{BackendTask, DeviceChoice, dispatch};
 use mpf_train::forward::ForwardTask;
@@ -60,7 +62,31 @@ enum Command {
         /// Print the resolved config before running.
         #[arg(long)]
         print_config: bool,
+        /// Load weights (and, unless --config is given, the config) from this checkpoint folder.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
     },
+    /// Convert weights trained elsewhere into an mpf checkpoint.
+    Import {
+        /// `hf`: a transformers Mask2FormerForUniversalSegmentation `.safetensors` state dict (whole
+        /// model); `torchvision`: a ResNet `.pth` state dict (backbone only, the rest initialised
+        /// from the config's seed).
+        #[arg(long, value_enum)]
+        from: ImportFrom,
+        /// The weights file.
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Checkpoint folder to write.
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFrom {
+    Hf,
+    Torchvision,
 }
 
 fn parse_size(s: &str) -> anyhow::Result<[usize; 2]> {
@@ -85,6 +111,29 @@ impl BackendTask for InfoTask {
     }
 }
 
+struct ImportTask {
+    cfg: config::ExperimentConfig,
+    source: Source,
+    file: PathBuf,
+    output: PathBuf,
+}
+
+impl BackendTask for ImportTask {
+    type Output = anyhow::Result<mpf_import::ImportReport>;
+    fn run<B: burn::prelude::Backend>(self, device: B::Device, _: &str) -> Self::Output {
+        B::seed(&device, self.cfg.seed);
+        let model = self.cfg.model.init::<B>(&device)?;
+        let (model, report) = import(model, &self.file, self.source, &device)?;
+        let kind = match self.source {
+            Source::HuggingFace => "hf",
+            Source::Torchvision => "torchvision",
+        };
+        let info = CheckpointInfo::new(format!("import {kind} {}", self.file.display()), None);
+        mpf_train::checkpoint::save(&self.output, &self.cfg, model, &info)?;
+        Ok(report)
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -97,13 +146,22 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", info.table());
             }
         }
-        Command::Forward { config: c, device, inputs, size, output, print_config } => {
-            let cfg = config::load(c.config.as_deref(), &c.set)?;
+        Command::Forward { config: c, device, inputs, size, output, print_config, checkpoint } => {
+            let cfg = match (&checkpoint, &c.config) {
+                (Some(dir), None) => mpf_train::checkpoint::config_of(dir, &c.set)?,
+                _ => config::load(c.config.as_deref(), &c.set)?,
+            };
             if print_config {
                 println!("{}", cfg.to_toml()?);
             }
             let choice: DeviceChoice = device.parse()?;
-            let task = ForwardTask { config: cfg, inputs, synthetic_size: parse_size(&size)?, output: output.clone() };
+            let task = ForwardTask {
+                config: cfg,
+                inputs,
+                synthetic_size: parse_size(&size)?,
+                output: output.clone(),
+                checkpoint,
+            };
             let report = dispatch(choice, task)??;
             for img in &report.images {
                 println!(
@@ -120,6 +178,28 @@ fn main() -> anyhow::Result<()> {
             }
             println!("weights: {}", report.weights);
             println!("report: {}", output.join("forward.json").display());
+        }
+        Command::Import { from, file, config: c, output } => {
+            let cfg = config::load(c.config.as_deref(), &c.set)?;
+            let (source, name) = match from {
+                ImportFrom::Hf => (Source::HuggingFace, "hf"),
+                ImportFrom::Torchvision => (Source::Torchvision, "torchvision"),
+            };
+            let report =
+                dispatch(DeviceChoice::Flex, ImportTask { cfg, source, file: file.clone(), output: output.clone() })??;
+            println!("imported {} parameter tensors from {} ({name})", report.loaded, file.display());
+            let (counters, other): (Vec<&String>, Vec<&String>) =
+                report.ignored.iter().partition(|k| k.ends_with("num_batches_tracked"));
+            if !report.ignored.is_empty() {
+                let other: Vec<&str> = other.iter().map(|s| s.as_str()).collect();
+                println!(
+                    "skipped {} batch-norm counters and {} other entries {:?}",
+                    counters.len(),
+                    other.len(),
+                    other
+                );
+            }
+            println!("checkpoint: {}", output.display());
         }
     }
     Ok(())

@@ -79,3 +79,41 @@ fn bad_inputs_give_clear_errors() {
     let (ok, _, stderr) = run(bin().args(["info", "--config", "/nonexistent/c.toml"]));
     assert!(!ok && stderr.contains("/nonexistent/c.toml"), "{stderr}");
 }
+
+#[test]
+fn import_writes_a_checkpoint_that_forward_loads() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf_tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let (ok, stdout, stderr) = run(bin()
+        .args(["import", "--from", "hf"])
+        .arg(fixtures.join("model.safetensors"))
+        .arg("--config")
+        .arg(fixtures.join("mpf.toml"))
+        .arg("--output")
+        .arg(&ck));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("imported 400 parameter tensors"), "{stdout}");
+    for f in ["model.mpk", "config.toml", "checkpoint.json"] {
+        assert!(ck.join(f).exists(), "{f}");
+    }
+    let out = dir.path().join("fw");
+    let (ok, _, stderr) = run(bin().args(["forward", "--checkpoint"]).arg(&ck).arg("--output").arg(&out));
+    assert!(ok, "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("forward.json")).unwrap()).unwrap();
+    assert!(report["weights"].as_str().unwrap().contains("import hf"), "{report}");
+
+    // Weights that do not fit the config: the error names a key and both shapes.
+    let (ok, _, stderr) = run(bin()
+        .args(["import", "--from", "hf"])
+        .arg(fixtures.join("model.safetensors"))
+        .arg("--config")
+        .arg(fixtures.join("mpf.toml"))
+        .args(["--set", "model.num_classes=7", "--output"])
+        .arg(dir.path().join("bad")));
+    assert!(
+        !ok && stderr.contains("class_predictor.weight") && stderr.contains("[6, 32]") && stderr.contains("[32, 8]"),
+        "{stderr}"
+    );
+}
