@@ -179,3 +179,15 @@ fn torchvision_backbone_import_matches() {
         r.check(&format!("backbone.res{}", i + 2), t);
     }
 }
+
+#[test]
+fn trainable_batch_norm_backbone_imports_running_statistics() {
+    let device = Default::default();
+    let cfg = config::load(Some(&fixture("mpf.toml")), &["model.backbone.norm=\"bn\"".into()]).unwrap();
+    let model = cfg.model.init::<Flex>(&device).unwrap();
+    let (model, _) = import(model, &fixture("model.safetensors"), Source::HuggingFace, &device).unwrap();
+    let r = Reference::load();
+    // Without autodiff, Burn's BatchNorm normalises with its running statistics, as eval mode does.
+    let f = model.backbone.forward(r.tensor("pixel_values", &device));
+    r.check("backbone.res5", f.res5);
+}
