@@ -25,15 +25,22 @@ enum Cmd {
         /// Where to write the JSON lines (default: target/bench/forward.jsonl).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Build with the dev profile (dependencies at opt-level 3, shared with `cargo test`)
+        /// instead of a separate release build; faster to start, slightly slower to run.
+        #[arg(long)]
+        dev: bool,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     match Cli::parse().command {
-        Cmd::Bench { features, out } => {
+        Cmd::Bench { features, out, dev } => {
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cmd.current_dir(&root).args(["bench", "-p", "mpformer", "--bench", "forward"]);
+            if dev {
+                cmd.args(["--profile", "dev"]);
+            }
             if !features.is_empty() {
                 cmd.args(["--features", &features.join(",")]);
             }
