@@ -3,7 +3,8 @@
 
 use burn::nn::Linear;
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::init::{LinearInit, linear};
 
@@ -59,8 +60,8 @@ impl<B: Backend> MultiHeadAttention<B> {
     /// Scaled dot-product attention over all heads.
     ///
     /// `mask` is `true` where a query may **not** attend to a key; its batch and head dimensions
-    /// broadcast (size 1 or the full size). A row that is entirely `true` yields a row of zeros
-    /// rather than NaN; callers that need PyTorch's semantics fix such rows first (see
+    /// broadcast (size 1 or the full size). A row that is entirely `true` yields zeros rather than
+    /// NaN; callers that need PyTorch's semantics fix such rows first (see
     /// [`crate::decoder::unmask_full_rows`]).
     ///
     /// # Shapes
@@ -82,15 +83,11 @@ impl<B: Backend> MultiHeadAttention<B> {
         let q = split(self.q_proj.forward(query), t);
         let k = split(self.k_proj.forward(key), s);
         let v = split(self.v_proj.forward(value), s);
-        let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (dh as f64).sqrt());
-        let scores = match mask {
-            Some(mask) => scores.mask_fill(mask.expand([b, h, t, s]), f32::NEG_INFINITY),
-            None => scores,
-        };
-        let attn = softmax(scores, 3);
-        // Fully masked rows give NaN (0/0) in a plain softmax; zero them so the output is finite.
-        let attn = attn.clone().mask_fill(attn.is_nan(), 0.0);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, t, d]);
+        // Burn's attention op: softmax(q·kᵀ/√dh) with `true` = −∞, NaN-safe for fully masked rows
+        // (they give zeros), and fused where the backend has a kernel for it.
+        let mask = mask.map(|m| m.expand([b, h, t, s]));
+        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        let out = out.swap_dims(1, 2).reshape([b, t, d]);
         self.out_proj.forward(out)
     }
 }
@@ -123,6 +120,19 @@ mod tests {
         let expected = attn.out_proj.forward(attn.v_proj.forward(v2)).repeat_dim(1, 3);
         let (a, e) = (out.into_data().to_vec::<f32>().unwrap(), expected.into_data().to_vec::<f32>().unwrap());
         assert!(max_abs_diff(&a, &e) < 1e-5);
+    }
+
+    #[test]
+    fn fully_masked_row_gives_zeros_not_nan() {
+        let device = Default::default();
+        let attn = mha(&device);
+        let q = Tensor::<TestBackend, 3>::ones([1, 1, 8], &device);
+        let kv = Tensor::<TestBackend, 3>::ones([1, 2, 8], &device);
+        let mask = Tensor::<TestBackend, 4, Bool>::full([1, 1, 1, 2], true, &device);
+        let out = attn.forward(q, kv.clone(), kv, Some(mask));
+        // Zero context → the output is the out-projection bias (zero at init).
+        let v = out.into_data().to_vec::<f32>().unwrap();
+        assert!(v.iter().all(|x| x.is_finite() && x.abs() < 1e-6), "{v:?}");
     }
 
     #[test]
