@@ -191,3 +191,12 @@ fn trainable_batch_norm_backbone_imports_running_statistics() {
     let f = model.backbone.forward(r.tensor("pixel_values", &device));
     r.check("backbone.res5", f.res5);
 }
+
+#[test]
+fn input_png_normalises_to_the_reference_pixel_values() {
+    let device = Default::default();
+    let img = mpformer::train::forward::read_image(&fixture("input.png")).unwrap();
+    let cfg = config::load(Some(&fixture("mpf.toml")), &[]).unwrap();
+    let batch = mpformer::model::model::ImageBatch::<Flex>::from_images(&[img], &cfg.input, &device).unwrap();
+    Reference::load().check("pixel_values", batch.images);
+}

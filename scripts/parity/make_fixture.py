@@ -60,8 +60,27 @@ with torch.no_grad():
 # A deterministic RGB test card, normalised as Mask2Former does (H, W multiples of 32).
 H, W = 64, 96
 yy, xx = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-rgb = torch.stack([(xx * 255 / W), (yy * 255 / H), ((xx + yy) % 32) * 8.0]).float()
+rgb = torch.stack([(xx * 255 // W), (yy * 255 // H), ((xx + yy) % 32) * 8]).float()
 rgb[:, 10:40, 20:50] = torch.tensor([220.0, 40.0, 40.0])[:, None, None]
+
+
+def write_png(path, img):
+    """8-bit RGB PNG, written with zlib alone (no imaging library needed)."""
+    import struct
+    import zlib
+
+    c, h, w = img.shape
+    raw = b"".join(b"\x00" + bytes(img[:, y, :].t().reshape(-1).to(torch.uint8).tolist()) for y in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    Path(path).write_bytes(png)
+
+
+write_png(out_dir / "input.png", rgb)
 mean = torch.tensor([123.675, 116.28, 103.53])[:, None, None]
 std = torch.tensor([58.395, 57.12, 57.375])[:, None, None]
 pixel_values = ((rgb - mean) / std)[None]
