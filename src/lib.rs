@@ -6,6 +6,8 @@
 //! - [`model`] (`mpf-model`): backbone, pixel decoder, masked-attention decoder, heads,
 //!   post-processing;
 //! - [`import`] (`mpf-import`): Hugging Face Mask2Former weights into the model;
+//! - [`pilot`] (`mpf-pilot`): building blocks of the mask-piloted part (GT attention rows,
+//!   self-attention mask, point and label noise);
 //! - [`train`] (`mpf-train`): typed experiment configs, backend selection and the commands of the
 //!   `mpf-train` program.
 //!
@@ -14,4 +16,5 @@
 
 pub use mpf_import as import;
 pub use mpf_model as model;
+pub use mpf_pilot as pilot;
 pub use mpf_train as train;

@@ -1,0 +1,40 @@
+//! # mpf-pilot
+//!
+//! Building blocks of MP-Former's mask-piloted (MP) part (spec §3, §5, §9), computed on the host
+//! from ground-truth masks with named, seeded random streams so that a run is reproducible on any
+//! backend:
+//!
+//! - [`masks`]: GT mask → a decoder level's cross-attention row (a cell is attendable if any GT
+//!   pixel falls inside it), and the self-attention mask that hides the MP part from the matching
+//!   queries and MP groups from each other;
+//! - [`noise`]: point noise (independent cell flips with probability `ratio · area / (h·w)`) and
+//!   label noise.
+//!
+//! Why point noise: appendix A.2 — with ratio `r` the IoU between the noised and the clean mask is
+//! pinned to `[1 − r, 1/(1 + r)]` whatever the mask's shape, whereas shifting a mask by `λ` gives an
+//! IoU that depends on the shape (for a box it is `(1 − λ)/(1 + λ)`).
+//!
+//! Status: the MP query builder, shift/scale noise and the decoder path that feeds these rows to
+//! `mpf_model::decoder::ExtraQueries` are not built yet.
+
+pub mod masks;
+pub mod noise;
+
+/// Errors of the pilot builders.
+#[derive(Debug, thiserror::Error)]
+pub enum PilotError {
+    /// A mask's buffer does not match its stated size.
+    #[error("mask {index}: {height}×{width} needs {expected} cells, got {got}")]
+    MaskSize {
+        /// Which mask.
+        index: usize,
+        /// Stated height.
+        height: usize,
+        /// Stated width.
+        width: usize,
+        /// `height·width`.
+        expected: usize,
+        /// Buffer length.
+        got: usize,
+    },
+}
