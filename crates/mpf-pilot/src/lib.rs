@@ -7,6 +7,8 @@
 //! - [`masks`]: GT mask → a decoder level's cross-attention row (a cell is attendable if any GT
 //!   pixel falls inside it), and the self-attention mask that hides the MP part from the matching
 //!   queries and MP groups from each other;
+//! - [`layout`]: the MP slot layout (fixed or dynamic group count, object ↔ slot, noised input
+//!   class, direct targets), skipped for empty batches;
 //! - [`noise`]: point noise (independent cell flips with probability `ratio · area / (h·w)`) and
 //!   label noise.
 //!
@@ -14,9 +16,13 @@
 //! pinned to `[1 − r, 1/(1 + r)]` whatever the mask's shape, whereas shifting a mask by `λ` gives an
 //! IoU that depends on the shape (for a box it is `(1 − λ)/(1 + λ)`).
 //!
-//! Status: the MP query builder, shift/scale noise and the decoder path that feeds these rows to
-//! `mpf_model::decoder::ExtraQueries` are not built yet.
+//! - [`forward`]: the training forward that prepends the MP queries (content from a learned
+//!   class embedding) and pilots their cross-attention on the chosen layers.
+//!
+//! Status: shift/scale noise, the `[pilot]` config table and the MP losses are not built yet.
 
+pub mod forward;
+pub mod layout;
 pub mod masks;
 pub mod noise;
 
