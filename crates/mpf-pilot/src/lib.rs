@@ -9,8 +9,8 @@
 //!   queries and MP groups from each other;
 //! - [`layout`]: the MP slot layout (fixed or dynamic group count, object ↔ slot, noised input
 //!   class, direct targets), skipped for empty batches;
-//! - [`noise`]: point noise (independent cell flips with probability `ratio · area / (h·w)`) and
-//!   label noise.
+//! - [`noise`]: point noise (independent cell flips with probability `ratio · area / (h·w)`),
+//!   shift and scale noise, and label noise.
 //!
 //! Why point noise: appendix A.2 — with ratio `r` the IoU between the noised and the clean mask is
 //! pinned to `[1 − r, 1/(1 + r)]` whatever the mask's shape, whereas shifting a mask by `λ` gives an
@@ -19,7 +19,10 @@
 //! - [`forward`]: the training forward that prepends the MP queries (content from a learned
 //!   class embedding) and pilots their cross-attention on the chosen layers.
 //!
-//! Status: shift/scale noise, the `[pilot]` config table and the MP losses are not built yet.
+//! Shift and scale noise (`noise::shift_noise`, `noise::scale_noise`) exist as mask transforms for
+//! the appendix's ablation; `forward_train` applies point noise only so far.
+//!
+//! Status: the `[pilot]` config table and the MP losses are not built yet.
 
 pub mod forward;
 pub mod layout;

@@ -36,6 +36,75 @@ pub fn label_noise(label: usize, num_classes: usize, ratio: f64, rng: &mut impl 
     if ratio > 0.0 && num_classes > 0 && rng.random::<f64>() < ratio { rng.random_range(0..num_classes) } else { label }
 }
 
+/// Bounding box of the foreground as `(y0, x0, y1, x1)` with exclusive ends, or `None` if empty.
+pub fn bbox(mask: &BinaryMask) -> Option<(usize, usize, usize, usize)> {
+    let mut b: Option<(usize, usize, usize, usize)> = None;
+    for y in 0..mask.height {
+        for x in 0..mask.width {
+            if mask.data[y * mask.width + x] {
+                b = Some(match b {
+                    None => (y, x, y + 1, x + 1),
+                    Some((y0, x0, y1, x1)) => (y0.min(y), x0.min(x), y1.max(y + 1), x1.max(x + 1)),
+                });
+            }
+        }
+    }
+    b
+}
+
+/// Moves the foreground by `dy` rows and `dx` columns; positions are clamped to the map, as in
+/// the reference's shift noise.
+pub fn translate(mask: &BinaryMask, dy: i64, dx: i64) -> BinaryMask {
+    let (h, w) = (mask.height as i64, mask.width as i64);
+    let mut data = vec![false; mask.data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            if mask.data[(y * w + x) as usize] {
+                let (ny, nx) = ((y + dy).clamp(0, h - 1), (x + dx).clamp(0, w - 1));
+                data[(ny * w + nx) as usize] = true;
+            }
+        }
+    }
+    BinaryMask { height: mask.height, width: mask.width, data }
+}
+
+/// Shift noise (spec §3.11, axes as §9.4 decides): the foreground moves by
+/// `U(−1, 1) · λ · box_w / 2` columns and `U(−1, 1) · λ · box_h / 2` rows — x with the box width,
+/// y with the box height (the reference scales both by the map width and mixes the axes up).
+pub fn shift_noise(mask: &BinaryMask, lambda: f64, rng: &mut impl Rng) -> BinaryMask {
+    let Some((y0, x0, y1, x1)) = bbox(mask) else { return mask.clone() };
+    let dx = (rng.random_range(-1.0..=1.0) * lambda * (x1 - x0) as f64 / 2.0).round() as i64;
+    let dy = (rng.random_range(-1.0..=1.0) * lambda * (y1 - y0) as f64 / 2.0).round() as i64;
+    translate(mask, dy, dx)
+}
+
+/// Scales the foreground by `factor` about its box centre (nearest sampling at cell centres).
+pub fn scale_about_box_centre(mask: &BinaryMask, factor: f64) -> BinaryMask {
+    let Some((y0, x0, y1, x1)) = bbox(mask) else { return mask.clone() };
+    let (cy, cx) = ((y0 + y1) as f64 / 2.0, (x0 + x1) as f64 / 2.0);
+    let (h, w) = (mask.height, mask.width);
+    let mut data = vec![false; h * w];
+    for y in 0..h {
+        let sy = (cy + (y as f64 + 0.5 - cy) / factor).floor();
+        if sy < 0.0 || sy >= h as f64 {
+            continue;
+        }
+        for x in 0..w {
+            let sx = (cx + (x as f64 + 0.5 - cx) / factor).floor();
+            if sx >= 0.0 && sx < w as f64 {
+                data[y * w + x] = mask.data[sy as usize * w + sx as usize];
+            }
+        }
+    }
+    BinaryMask { height: h, width: w, data }
+}
+
+/// Scale noise (spec §3.11): with probability `keep_prob` (the reference's `DN_RATIO`, 0.5) the
+/// mask is unchanged, otherwise enlarged by `1 + λ` about its box centre.
+pub fn scale_noise(mask: &BinaryMask, lambda: f64, keep_prob: f64, rng: &mut impl Rng) -> BinaryMask {
+    if rng.random::<f64>() < keep_prob { mask.clone() } else { scale_about_box_centre(mask, 1.0 + lambda) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +164,46 @@ mod tests {
         let (c, _) = point_noise(&m, 0.5, &mut StdRng::seed_from_u64(9));
         let (d, _) = point_noise(&m, 0.5, &mut StdRng::seed_from_u64(9));
         assert_eq!(c, d);
+    }
+
+    fn boxed(n: usize, y0: usize, x0: usize, y1: usize, x1: usize) -> BinaryMask {
+        let data = (0..n * n).map(|i| (y0..y1).contains(&(i / n)) && (x0..x1).contains(&(i % n))).collect();
+        BinaryMask { height: n, width: n, data }
+    }
+
+    #[test]
+    fn box_shift_along_one_axis_gives_the_appendix_iou() {
+        // A 20-wide box moved by λ·w along x: IoU = (1 − λ)/(1 + λ) (appendix A.2).
+        let m = boxed(64, 10, 10, 30, 30);
+        for (lambda, dx) in [(0.25, 5), (0.5, 10), (0.1, 2)] {
+            let iou = m.iou(&translate(&m, 0, dx));
+            assert!((iou - (1.0 - lambda) / (1.0 + lambda)).abs() < 1e-12, "λ {lambda}: {iou}");
+        }
+        // Along y the same, scaled by the box height.
+        let m = boxed(64, 10, 10, 50, 20);
+        assert!((m.iou(&translate(&m, 10, 0)) - 0.6).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shift_noise_respects_axes_and_magnitude() {
+        // A wide, flat box: x moves up to λ·w/2 = 10, y up to λ·h/2 = 1.
+        let m = boxed(128, 60, 20, 64, 100);
+        let mut rng = StdRng::seed_from_u64(6);
+        for _ in 0..100 {
+            let (y0, x0, _, _) = bbox(&shift_noise(&m, 0.25, &mut rng)).unwrap();
+            assert!((y0 as i64 - 60).abs() <= 1 && (x0 as i64 - 20).abs() <= 10, "{y0} {x0}");
+        }
+    }
+
+    #[test]
+    fn scale_enlarges_about_the_box_centre() {
+        let m = boxed(40, 10, 10, 20, 20);
+        let s = scale_about_box_centre(&m, 2.0);
+        assert_eq!(bbox(&s), Some((5, 5, 25, 25)));
+        assert_eq!(s.area(), 400);
+        let mut rng = StdRng::seed_from_u64(7);
+        let kept = (0..1000).filter(|_| scale_noise(&m, 1.0, 0.5, &mut rng) == m).count();
+        assert!((400..600).contains(&kept), "{kept}");
     }
 
     #[test]
