@@ -261,6 +261,11 @@ impl<B: Backend> TransformerDecoder<B> {
         self.query_feat.dims()[0]
     }
 
+    /// Query width `d`.
+    pub fn hidden_dim(&self) -> usize {
+        self.query_feat.dims()[1]
+    }
+
     /// Runs the decoder.
     ///
     /// # Shapes

@@ -16,14 +16,19 @@
 //! pinned to `[1 − r, 1/(1 + r)]` whatever the mask's shape, whereas shifting a mask by `λ` gives an
 //! IoU that depends on the shape (for a box it is `(1 − λ)/(1 + λ)`).
 //!
-//! - [`forward`]: the training forward that prepends the MP queries (content from a learned
-//!   class embedding) and pilots their cross-attention on the chosen layers.
+//! - [`config`]: the `[pilot]` config table, each knob documented with the appendix's reasoning
+//!   (why point noise, why all layers, why the group mask);
+//! - [`forward`]: [`forward::MpFormer`] — Mask2Former plus the MP class embedding — whose
+//!   `forward_train` prepends the MP queries (content from the learned class embedding, no
+//!   positional part) and pilots their cross-attention on the chosen layers with GT rows
+//!   ([`forward::GtRowBuilder`]: pooled once per level, point noise fresh per layer, shift/scale
+//!   once per batch), and whose `forward` (inference) is plain Mask2Former.
 //!
-//! Shift and scale noise (`noise::shift_noise`, `noise::scale_noise`) exist as mask transforms for
-//! the appendix's ablation; `forward_train` applies point noise only so far.
-//!
-//! Status: the `[pilot]` config table and the MP losses are not built yet.
+//! Random numbers come from [`forward::PilotStreams`], derived from (seed, step), so a run is
+//! reproducible on any backend and a resumed run draws what an uninterrupted one would.
+//! The MP losses live in `mpf-criterion`, which reads the per-slot targets of [`layout::MpLayout`].
 
+pub mod config;
 pub mod forward;
 pub mod layout;
 pub mod masks;

@@ -44,6 +44,25 @@ impl BinaryMask {
         BinaryMask { height: h, width: w, data }
     }
 
+    /// Max-pooling to an explicit `[h, w]`: source pixel `(y, x)` falls in cell
+    /// `(⌊y·h/H⌋, ⌊x·w/W⌋)`, which is [`Self::downsample_any`] with factor `H/h` on exact multiples
+    /// (padded inputs) and still covers every pixel otherwise.
+    pub fn downsample_to(&self, h: usize, w: usize) -> BinaryMask {
+        let mut data = vec![false; h * w];
+        if h > 0 && w > 0 && self.height > 0 && self.width > 0 {
+            let cols: Vec<usize> = (0..self.width).map(|x| x * w / self.width).collect();
+            for y in 0..self.height {
+                let row = (y * h / self.height) * w;
+                for (x, &cx) in cols.iter().enumerate() {
+                    if self.data[y * self.width + x] {
+                        data[row + cx] = true;
+                    }
+                }
+            }
+        }
+        BinaryMask { height: h, width: w, data }
+    }
+
     /// The average of each `factor × factor` block (adaptive average pooling on divisible sizes).
     pub fn area_pool(&self, factor: usize) -> Vec<f32> {
         let f = factor.max(1);
@@ -127,6 +146,7 @@ mod tests {
                 let any = m.downsample_any(f).data;
                 let area: Vec<bool> = m.area_pool(f).iter().map(|&a| a > 1e-8).collect();
                 assert_eq!(any, area, "factor {f}");
+                assert_eq!(m.downsample_to(64 / f, 96 / f).data, any, "explicit size, factor {f}");
             }
         }
     }
@@ -162,6 +182,10 @@ mod tests {
                 assert!(m[r * t + g * n..(r + 1) * t].iter().all(|&b| !b));
             }
         }
+        // Dynamic rule: ⌊7/3⌋ = 2 groups of 3 slots, 1 matching query (T = 7), written out by hand.
+        let m = self_attention_mask(7 / 3, 3, 1);
+        let rows: Vec<String> = m.chunks(7).map(|r| r.iter().map(|&b| if b { 'x' } else { '.' }).collect()).collect();
+        assert_eq!(rows, ["...xxx.", "...xxx.", "...xxx.", "xxx....", "xxx....", "xxx....", "xxxxxx."]);
         // One group: MP slots see each other.
         let m = self_attention_mask(1, 3, 2);
         assert!(m[..3].iter().all(|&b| !b));

@@ -1,5 +1,10 @@
-//! Noise on the MP part's inputs (spec §3.2, §3.4): point noise on GT attention masks and label
-//! noise on MP query classes. Each takes the random generator of its own named stream.
+//! Noise on the MP part's inputs (spec §3.2, §3.4, §3.11): point, shift and scale noise on GT
+//! attention masks ([`MaskNoise`]) and label noise on MP query classes. Each takes the random
+//! generator of its own named stream.
+//!
+//! Shift and scale follow the official code's `shift`/`scale` modes with one deliberate
+//! difference (spec §9.4): the official shift scales both offsets by the map *width* and swaps the
+//! row/column axes; here x moves with the box width and y with the box height.
 
 use rand::Rng;
 
@@ -103,6 +108,65 @@ pub fn scale_about_box_centre(mask: &BinaryMask, factor: f64) -> BinaryMask {
 /// mask is unchanged, otherwise enlarged by `1 + λ` about its box centre.
 pub fn scale_noise(mask: &BinaryMask, lambda: f64, keep_prob: f64, rng: &mut impl Rng) -> BinaryMask {
     if rng.random::<f64>() < keep_prob { mask.clone() } else { scale_about_box_centre(mask, 1.0 + lambda) }
+}
+
+/// Corruption of the MP part's GT attention masks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaskNoise {
+    /// Clean GT (the released recipe: point ratio 0).
+    None,
+    /// [`point_noise`] with this ratio, drawn fresh for every layer, group (and head).
+    Points {
+        /// Ratio `r`.
+        ratio: f64,
+    },
+    /// [`shift_noise`] by `λ`, drawn once per batch at 1/8 and pooled to the coarser levels.
+    Shift {
+        /// Magnitude `λ`.
+        lambda: f64,
+    },
+    /// [`scale_noise`] by `1 + λ`, drawn once per batch at 1/8.
+    Scale {
+        /// Magnitude `λ`.
+        lambda: f64,
+        /// Probability of no scaling.
+        keep_prob: f64,
+    },
+    /// Scale noise, then shift noise, once per batch at 1/8.
+    ShiftScale {
+        /// Magnitude `λ` of both.
+        lambda: f64,
+        /// Probability of no scaling.
+        keep_prob: f64,
+    },
+}
+
+impl MaskNoise {
+    /// Whether the noise is drawn once per batch on the 1/8 mask (shift, scale) rather than per
+    /// layer on each level's mask (points).
+    pub fn once_per_batch(&self) -> bool {
+        matches!(self, Self::Shift { .. } | Self::Scale { .. } | Self::ShiftScale { .. })
+    }
+
+    /// The once-per-batch corruption of a 1/8 mask (identity for `None` and `Points`).
+    pub fn apply_per_batch(&self, mask: &BinaryMask, rng: &mut impl Rng) -> BinaryMask {
+        match *self {
+            Self::Shift { lambda } => shift_noise(mask, lambda, rng),
+            Self::Scale { lambda, keep_prob } => scale_noise(mask, lambda, keep_prob, rng),
+            Self::ShiftScale { lambda, keep_prob } => {
+                shift_noise(&scale_noise(mask, lambda, keep_prob, rng), lambda, rng)
+            }
+            Self::None | Self::Points { .. } => mask.clone(),
+        }
+    }
+
+    /// The per-layer corruption of a level's mask (identity for all but `Points`).
+    pub fn apply_per_layer(&self, mask: &BinaryMask, rng: &mut impl Rng) -> BinaryMask {
+        match *self {
+            Self::Points { ratio } => point_noise(mask, ratio, rng).0,
+            _ => mask.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

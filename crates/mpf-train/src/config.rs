@@ -1,7 +1,8 @@
 //! Typed TOML experiment configs (`configs/*.toml`) with documented defaults and `--set` overrides.
 //!
 //! A config file only needs the keys that differ from the defaults (the COCO R50 Mask2Former of
-//! the paper). Loading merges the file over the defaults, applies each `--set key=value` in order,
+//! the paper), or from the file it names in `extends = "other.toml"` (relative to its own folder,
+//! applied first, chains allowed). Loading merges the file over the defaults, applies each `--set key=value` in order,
 //! and rejects unknown keys and wrong types with an error naming the file and the dotted key.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use mpf_model::decoder::TransformerDecoderConfig;
 use mpf_model::model::{InputConfig, Mask2FormerConfig};
 use mpf_model::pixel_decoder::PixelDecoderConfig;
 use mpf_model::postprocess::PostProcessConfig;
+use mpf_pilot::config::PilotConfig;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
@@ -43,6 +45,9 @@ pub struct ExperimentConfig {
     pub input: InputConfig,
     /// Inference thresholds.
     pub test: PostProcessConfig,
+    /// The MP part (MP-Former). Off by default; every other key defaults to the released recipe,
+    /// so `--set pilot.enabled=true` turns a Mask2Former config into MP-Former.
+    pub pilot: PilotConfig,
 }
 
 impl Default for ExperimentConfig {
@@ -58,6 +63,7 @@ impl Default for ExperimentConfig {
                 .with_decoder(TransformerDecoderConfig::new()),
             input: InputConfig::default(),
             test: PostProcessConfig::new(),
+            pilot: PilotConfig::disabled(),
         }
     }
 }
@@ -128,14 +134,8 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfi
     let mut merged = Value::try_from(ExperimentConfig::default()).map_err(|e| ConfigError::Serialize(e.to_string()))?;
     let mut origin = "the defaults".to_string();
     if let Some(path) = path {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let user: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        merge_file(&mut merged, path, &mut Vec::new())?;
         origin = path.display().to_string();
-        merge(&mut merged, &Value::Table(user), "", &origin)?;
     }
     for o in overrides {
         let (key, raw) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
@@ -144,12 +144,19 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfi
         let mut table = Table::new();
         insert_dotted(&mut table, key, value);
         merge(&mut merged, &Value::Table(table), "", &format!("--set {key}"))?;
-        origin = format!("{origin} with --set overrides");
+        if !origin.ends_with("--set overrides") {
+            origin = format!("{origin} with --set overrides");
+        }
     }
     let cfg: ExperimentConfig = merged
         .try_into()
         .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     cfg.model.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    if cfg.pilot.enabled {
+        cfg.pilot
+            .validate(cfg.model.decoder.num_layers)
+            .map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    }
     let k = cfg.model.num_classes;
     if !cfg.thing_classes.is_empty() && cfg.thing_classes.len() != k {
         return Err(ConfigError::Invalid {
@@ -164,6 +171,37 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfi
         });
     }
     Ok(cfg)
+}
+
+/// Merges `path` over `merged`, after the file it `extends` (a path relative to `path`'s folder),
+/// recursively. `chain` holds the files being read, to report cycles.
+fn merge_file(merged: &mut Value, path: &Path, chain: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let mut user: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let origin = path.display().to_string();
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if chain.contains(&canonical) {
+        return Err(ConfigError::Invalid { origin, message: "`extends` forms a cycle".into() });
+    }
+    chain.push(canonical);
+    match user.remove("extends") {
+        None => {}
+        Some(Value::String(parent)) => {
+            let parent = path.parent().unwrap_or(Path::new(".")).join(parent);
+            merge_file(merged, &parent, chain)?;
+        }
+        Some(v) => {
+            return Err(ConfigError::Invalid {
+                origin,
+                message: format!("`extends` expects a file path string, got a {}", v.type_str()),
+            });
+        }
+    }
+    merge(merged, &Value::Table(user), "", &origin)
 }
 
 fn parse_value(raw: &str) -> Value {
@@ -252,6 +290,43 @@ mod tests {
         assert_eq!(c.model.decoder.num_layers, 9);
         assert_eq!(c.model.backbone.depth, 50);
         assert_eq!(c.test.object_mask_threshold, 0.8);
+    }
+
+    #[test]
+    fn pilot_table_defaults_overrides_and_errors() {
+        let c = load(None, &[]).unwrap();
+        assert!(!c.pilot.enabled, "the default model is plain Mask2Former");
+        assert_eq!(c.pilot, PilotConfig { enabled: false, ..PilotConfig::default() });
+        let f =
+            write("[pilot]\nenabled = true\ngroup_rule = \"dynamic\"\nqueries = 50\npiloted_layers = [0, 1, 2, 3]\n");
+        let c =
+            load(Some(f.path()), &["pilot.mask_noise=\"shift\"".into(), "pilot.mask_noise_ratio=0.2".into()]).unwrap();
+        assert!(c.pilot.enabled);
+        assert_eq!(c.pilot.group_rule(), mpf_pilot::layout::GroupRule::Dynamic { queries: 50 });
+        assert_eq!(c.pilot.piloted_layers, vec![0, 1, 2, 3]);
+        assert_eq!(c.pilot.mask_noise(), mpf_pilot::noise::MaskNoise::Shift { lambda: 0.2 });
+        let e =
+            load(None, &["pilot.enabled=true".into(), "pilot.piloted_layers=[0, 9]".into()]).unwrap_err().to_string();
+        assert!(e.contains("pilot.piloted_layers") && e.contains("layer 9"), "{e}");
+        let e = load(None, &["pilot.mask_noise=blur".into()]).unwrap_err().to_string();
+        assert!(e.contains("blur") && e.contains("--set"), "{e}");
+        let e = load(None, &["pilot.nosie=0.1".into()]).unwrap_err().to_string();
+        assert!(e.contains("pilot.nosie"), "{e}");
+    }
+
+    #[test]
+    fn extends_applies_the_parent_first() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("base.toml"), "seed = 3\n[model]\nnum_classes = 4\n").unwrap();
+        std::fs::write(dir.path().join("child.toml"), "extends = \"base.toml\"\nseed = 7\n").unwrap();
+        let c = load(Some(&dir.path().join("child.toml")), &[]).unwrap();
+        assert_eq!((c.seed, c.model.num_classes), (7, 4));
+        std::fs::write(dir.path().join("loop.toml"), "extends = \"loop.toml\"\n").unwrap();
+        let e = load(Some(&dir.path().join("loop.toml")), &[]).unwrap_err().to_string();
+        assert!(e.contains("cycle") && e.contains("loop.toml"), "{e}");
+        std::fs::write(dir.path().join("gone.toml"), "extends = \"missing.toml\"\n").unwrap();
+        let e = load(Some(&dir.path().join("gone.toml")), &[]).unwrap_err().to_string();
+        assert!(e.contains("missing.toml"), "{e}");
     }
 
     #[test]
