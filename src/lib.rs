@@ -6,14 +6,16 @@
 //! - [`model`] (`mpf-model`): backbone, pixel decoder, masked-attention decoder, heads,
 //!   post-processing;
 //! - [`import`] (`mpf-import`): Hugging Face Mask2Former weights into the model;
-//! - [`pilot`] (`mpf-pilot`): building blocks of the mask-piloted part (GT attention rows,
-//!   self-attention mask, point and label noise);
+//! - [`pilot`] (`mpf-pilot`): the mask-piloted part (`[pilot]` config, GT attention rows,
+//!   self-attention mask, noise, `MpFormer` and its training forward);
+//! - [`criterion`] (`mpf-criterion`): Hungarian matcher, losses, MP losses, appendix-C baselines;
 //! - [`train`] (`mpf-train`): typed experiment configs, backend selection and the commands of the
 //!   `mpf-train` program.
 //!
 //! Backends are cargo features: `flex` (default, pure-Rust CPU), `wgpu` (Vulkan/Metal/DX12, or
 //! CPU through Mesa's lavapipe) and `cuda`.
 
+pub use mpf_criterion as criterion;
 pub use mpf_import as import;
 pub use mpf_model as model;
 pub use mpf_pilot as pilot;

@@ -33,6 +33,7 @@ pub mod pixel_decoder;
 pub mod position;
 pub mod postprocess;
 pub mod resize;
+pub mod rng;
 
 pub use decoder::{CrossAttentionRows, DecoderOutput, ExtraQueries, Prediction};
 pub use model::{Mask2Former, Mask2FormerConfig};

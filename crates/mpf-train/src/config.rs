@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use mpf_criterion::LossConfig;
 use mpf_model::backbone::ResNetConfig;
 use mpf_model::decoder::TransformerDecoderConfig;
 use mpf_model::model::{InputConfig, Mask2FormerConfig};
@@ -48,6 +49,8 @@ pub struct ExperimentConfig {
     /// The MP part (MP-Former). Off by default; every other key defaults to the released recipe,
     /// so `--set pilot.enabled=true` turns a Mask2Former config into MP-Former.
     pub pilot: PilotConfig,
+    /// Matcher and loss weights, point sampling, and the appendix-C baselines.
+    pub loss: LossConfig,
 }
 
 impl Default for ExperimentConfig {
@@ -64,6 +67,7 @@ impl Default for ExperimentConfig {
             input: InputConfig::default(),
             test: PostProcessConfig::new(),
             pilot: PilotConfig::disabled(),
+            loss: LossConfig::default(),
         }
     }
 }
@@ -152,6 +156,7 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfi
         .try_into()
         .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     cfg.model.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    cfg.loss.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     if cfg.pilot.enabled {
         cfg.pilot
             .validate(cfg.model.decoder.num_layers)
@@ -310,6 +315,11 @@ mod tests {
         assert!(e.contains("pilot.piloted_layers") && e.contains("layer 9"), "{e}");
         let e = load(None, &["pilot.mask_noise=blur".into()]).unwrap_err().to_string();
         assert!(e.contains("blur") && e.contains("--set"), "{e}");
+        let c = load(None, &["loss.matching=\"fixed_last\"".into(), "loss.layer_consistency_weight=1".into()]).unwrap();
+        assert_eq!(c.loss.matching, mpf_criterion::MatchingMode::FixedLast);
+        assert_eq!(c.loss.layer_consistency_weight, 1.0);
+        let e = load(None, &["loss.importance_sample_ratio=1.5".into()]).unwrap_err().to_string();
+        assert!(e.contains("loss.importance_sample_ratio"), "{e}");
         let e = load(None, &["pilot.nosie=0.1".into()]).unwrap_err().to_string();
         assert!(e.contains("pilot.nosie"), "{e}");
     }
