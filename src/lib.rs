@@ -9,6 +9,8 @@
 //! - [`pilot`] (`mpf-pilot`): the mask-piloted part (`[pilot]` config, GT attention rows,
 //!   self-attention mask, noise, `MpFormer` and its training forward);
 //! - [`criterion`] (`mpf-criterion`): Hungarian matcher, losses, MP losses, appendix-C baselines;
+//! - [`data`] (`mpf-data`): COCO / panoptic / semantic readers, synthetic shapes, augmentation,
+//!   batching and the parallel loader;
 //! - [`train`] (`mpf-train`): typed experiment configs, backend selection and the commands of the
 //!   `mpf-train` program.
 //!
@@ -16,6 +18,7 @@
 //! CPU through Mesa's lavapipe) and `cuda`.
 
 pub use mpf_criterion as criterion;
+pub use mpf_data as data;
 pub use mpf_import as import;
 pub use mpf_model as model;
 pub use mpf_pilot as pilot;

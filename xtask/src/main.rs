@@ -1,5 +1,5 @@
 //! Repository chores: `cargo xtask bench` runs the forward benchmark on the chosen backends and
-//! writes its JSON lines to `target/bench/forward.jsonl`.
+//! the data-loader benchmark, and writes their JSON lines to `target/bench/forward.jsonl`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Time forward passes (tiny and COCO R50 models) on flex and any extra backends.
+    /// Time forward passes (tiny and COCO R50 models) on flex and any extra backends, and the
+    /// data loader against a tiny training step.
     Bench {
         /// Extra backend features to compile in, e.g. `wgpu` or `cuda`.
         #[arg(long)]
@@ -37,7 +38,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Bench { features, out, dev } => {
             let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-            cmd.current_dir(&root).args(["bench", "-p", "mpformer", "--bench", "forward"]);
+            cmd.current_dir(&root).args(["bench", "-p", "mpformer", "--bench", "forward", "--bench", "data"]);
             if dev {
                 cmd.args(["--profile", "dev"]);
             }

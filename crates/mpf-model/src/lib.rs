@@ -28,6 +28,7 @@ pub mod deform_attn;
 pub mod flops;
 pub mod heads;
 pub mod init;
+pub mod mask;
 pub mod model;
 pub mod pixel_decoder;
 pub mod position;

@@ -33,22 +33,3 @@ pub mod forward;
 pub mod layout;
 pub mod masks;
 pub mod noise;
-
-/// Errors of the pilot builders.
-#[derive(Debug, thiserror::Error)]
-pub enum PilotError {
-    /// A mask's buffer does not match its stated size.
-    #[error("mask {index}: {height}×{width} needs {expected} cells, got {got}")]
-    MaskSize {
-        /// Which mask.
-        index: usize,
-        /// Stated height.
-        height: usize,
-        /// Stated width.
-        width: usize,
-        /// `height·width`.
-        expected: usize,
-        /// Buffer length.
-        got: usize,
-    },
-}

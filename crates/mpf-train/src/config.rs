@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use mpf_criterion::LossConfig;
+use mpf_data::config::DataConfig;
 use mpf_model::backbone::ResNetConfig;
 use mpf_model::decoder::TransformerDecoderConfig;
 use mpf_model::model::{InputConfig, Mask2FormerConfig};
@@ -51,6 +52,8 @@ pub struct ExperimentConfig {
     pub pilot: PilotConfig,
     /// Matcher and loss weights, point sampling, and the appendix-C baselines.
     pub loss: LossConfig,
+    /// Where the data is and how it is read, augmented and batched.
+    pub data: DataConfig,
 }
 
 impl Default for ExperimentConfig {
@@ -68,6 +71,7 @@ impl Default for ExperimentConfig {
             test: PostProcessConfig::new(),
             pilot: PilotConfig::disabled(),
             loss: LossConfig::default(),
+            data: DataConfig::default(),
         }
     }
 }

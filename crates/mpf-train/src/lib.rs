@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_info;
 pub mod device;
 pub mod forward;
 pub mod info;

@@ -81,6 +81,47 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Write the synthetic shapes data set as files: COCO instance JSON, COCO panoptic and
+    /// semantic label PNGs.
+    Synth {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of images.
+        #[arg(long, default_value_t = 100)]
+        images: usize,
+        /// Generator seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 128)]
+        size: usize,
+    },
+    /// Read a data set as training would and print counts per class, objects per image and what
+    /// was skipped.
+    DataInfo {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Which split of the config's `[data]` to read.
+        #[arg(long, value_enum, default_value = "train")]
+        split: SplitArg,
+        /// Shortcut for a COCO instance or panoptic JSON (sets data.format and the split's
+        /// annotations; panoptic is detected by `segments_info`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Image folder for --data (default: the JSON's folder).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -200,6 +241,46 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             println!("checkpoint: {}", output.display());
+        }
+        Command::Synth { out, images, seed, size } => {
+            anyhow::ensure!(size >= 16, "--size must be at least 16 pixels");
+            let n = mpf_data::synth::write(&out, images, seed, size)?;
+            println!("wrote {images} images with {n} objects to {}", out.display());
+            println!("  instances: {}", out.join("instances.json").display());
+            println!("  panoptic:  {} + {}", out.join("panoptic.json").display(), out.join("panoptic").display());
+            println!("  semantic:  {} (0 = background, k + 1 = class k)", out.join("semantic").display());
+        }
+        Command::DataInfo { config: c, split, data, images, json } => {
+            let mut sets = c.set.clone();
+            let split_name = match split {
+                SplitArg::Train => "train",
+                SplitArg::Val => "val",
+            };
+            if let Some(path) = &data {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let format = if text.contains("\"segments_info\"") { "coco_panoptic" } else { "coco" };
+                let folder = images.clone().unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
+                let q = |p: &std::path::Path| format!("\"{}\"", p.display().to_string().replace('\\', "/"));
+                sets.push(format!("data.format=\"{format}\""));
+                sets.push(format!("data.{split_name}_annotations={}", q(path)));
+                sets.push(format!("data.{split_name}_images={}", q(&folder)));
+                if format == "coco_panoptic" {
+                    let pngs = path.with_extension("");
+                    sets.push(format!("data.{split_name}_panoptic={}", q(&pngs)));
+                }
+            }
+            let cfg = config::load(c.config.as_deref(), &sets)?;
+            let split = match split {
+                SplitArg::Train => mpf_data::config::Split::Train,
+                SplitArg::Val => mpf_data::config::Split::Val,
+            };
+            let ds = cfg.data.open(split, cfg.seed, &cfg.class_names)?;
+            let stats = mpf_train::data_info::gather(ds.as_ref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", mpf_train::data_info::table(&stats, cfg.model.num_classes));
+            }
         }
     }
     Ok(())

@@ -117,3 +117,51 @@ fn import_writes_a_checkpoint_that_forward_loads() {
         "{stderr}"
     );
 }
+
+#[test]
+fn synth_then_data_info_on_every_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ok, stdout, stderr) =
+        run(bin().args(["synth", "--images", "6", "--seed", "3", "--size", "64", "--out"]).arg(d));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("wrote 6 images"), "{stdout}");
+    // Instance JSON via the --data shortcut, as JSON.
+    let (ok, stdout, stderr) = run(bin()
+        .args(["data-info", "--json", "--data"])
+        .arg(d.join("instances.json"))
+        .arg("--images")
+        .arg(d.join("images")));
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["images"], 6);
+    let total: u64 = v["objects_per_class"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    let per_image: u64 = v["objects_per_image"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| k.parse::<u64>().unwrap() * n.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, per_image);
+    // Panoptic (detected from the JSON) as a table.
+    let (ok, stdout, stderr) =
+        run(bin().args(["data-info", "--data"]).arg(d.join("panoptic.json")).arg("--images").arg(d.join("images")));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("images: 6") && stdout.contains("objects per class"), "{stdout}");
+    // Semantic through config keys.
+    let q = |p: PathBuf| format!("\"{}\"", p.display());
+    let (ok, stdout, stderr) = run(bin()
+        .args(["data-info", "--config"])
+        .arg(config("synthetic/tiny_mask2former.toml"))
+        .args(["--set", "data.format=semantic", "--set", "data.reduce_zero_label=true", "--set"])
+        .arg(format!("data.train_images={}", q(d.join("images"))))
+        .arg("--set")
+        .arg(format!("data.train_labels={}", q(d.join("semantic")))));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("images: 6") && !stdout.contains("warning"), "{stdout}");
+    // A broken file is an error naming it.
+    std::fs::write(d.join("images/000002.png"), b"garbage").unwrap();
+    let (ok, _, stderr) =
+        run(bin().args(["data-info", "--data"]).arg(d.join("instances.json")).arg("--images").arg(d.join("images")));
+    assert!(!ok && stderr.contains("000002.png") && stderr.contains("image 2"), "{stderr}");
+}

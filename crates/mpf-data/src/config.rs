@@ -1,0 +1,200 @@
+//! The `[data]` config table: where a data set is and how it is read, augmented and batched.
+//! Paths are relative to the working directory (or absolute).
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `format` | `"synthetic"` | `synthetic`, `coco` (instance JSON), `coco_panoptic`, `semantic` (label PNGs) |
+//! | `train_images`, `val_images` | `""` | image folders |
+//! | `train_annotations`, `val_annotations` | `""` | COCO instance / panoptic JSON |
+//! | `train_panoptic`, `val_panoptic` | `""` | panoptic PNG folders |
+//! | `train_labels`, `val_labels` | `""` | semantic label PNG folders |
+//! | `ignore_label` | 255 | semantic: pixels of this value belong to no object |
+//! | `reduce_zero_label` | false | semantic: 0 → ignore, `v` → class `v − 1` (ADE20K) |
+//! | `synthetic_train`, `synthetic_val`, `synthetic_size` | 400, 50, 128 | synthetic set sizes |
+//! | `batch_size` | 16 | images per step (before gradient accumulation) |
+//! | `workers`, `prefetch` | 2, 2 | loader threads and batches queued per thread |
+//! | `augment` | `"lsj"` | `lsj`, `semantic` or `none` for training (evaluation never augments) |
+//! | `crop_size` | [1024, 1024] | LSJ output / semantic crop size |
+//! | `min_scale`, `max_scale` | 0.1, 2.0 | LSJ scale range |
+//! | `short_sides`, `max_size`, `cat_max_ratio` | ADE20K's | semantic resize and crop |
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::augment::{Augment, Lsj, SemanticAug};
+use crate::coco::CocoInstances;
+use crate::panoptic::CocoPanoptic;
+use crate::semantic::SemanticFolder;
+use crate::synth::SynthDataset;
+use crate::{DataError, Dataset};
+
+/// Data set file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// The built-in synthetic shapes, generated in memory.
+    Synthetic,
+    /// COCO instance JSON + images.
+    Coco,
+    /// COCO panoptic JSON + PNGs + images.
+    CocoPanoptic,
+    /// Images + label PNGs.
+    Semantic,
+}
+
+/// Training augmentation kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AugmentKind {
+    /// Large-scale jitter.
+    Lsj,
+    /// Short-side resize, crop, colour jitter, flip.
+    Semantic,
+    /// None.
+    None,
+}
+
+/// Train or validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Training.
+    Train,
+    /// Validation.
+    Val,
+}
+
+/// The `[data]` table (see the module docs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub struct DataConfig {
+    pub format: Format,
+    pub train_images: String,
+    pub train_annotations: String,
+    pub train_panoptic: String,
+    pub train_labels: String,
+    pub val_images: String,
+    pub val_annotations: String,
+    pub val_panoptic: String,
+    pub val_labels: String,
+    pub ignore_label: u16,
+    pub reduce_zero_label: bool,
+    pub synthetic_train: usize,
+    pub synthetic_val: usize,
+    pub synthetic_size: usize,
+    pub batch_size: usize,
+    pub workers: usize,
+    pub prefetch: usize,
+    pub augment: AugmentKind,
+    pub crop_size: [usize; 2],
+    pub min_scale: f64,
+    pub max_scale: f64,
+    pub short_sides: Vec<usize>,
+    pub max_size: usize,
+    pub cat_max_ratio: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            format: Format::Synthetic,
+            train_images: String::new(),
+            train_annotations: String::new(),
+            train_panoptic: String::new(),
+            train_labels: String::new(),
+            val_images: String::new(),
+            val_annotations: String::new(),
+            val_panoptic: String::new(),
+            val_labels: String::new(),
+            ignore_label: 255,
+            reduce_zero_label: false,
+            synthetic_train: 400,
+            synthetic_val: 50,
+            synthetic_size: 128,
+            batch_size: 16,
+            workers: 2,
+            prefetch: 2,
+            augment: AugmentKind::Lsj,
+            crop_size: [1024, 1024],
+            min_scale: 0.1,
+            max_scale: 2.0,
+            short_sides: (5..=20).map(|x| x * 512 / 10).collect(),
+            max_size: 2048,
+            cat_max_ratio: 1.0,
+        }
+    }
+}
+
+fn need(value: &str, key: &str) -> Result<PathBuf, DataError> {
+    if value.is_empty() {
+        Err(DataError::invalid(Path::new("config"), format!("data.{key}"), "is empty but the data format needs it"))
+    } else {
+        Ok(PathBuf::from(value))
+    }
+}
+
+impl DataConfig {
+    /// Opens a split. `class_names` are used by the semantic format (which has no class list).
+    pub fn open(&self, split: Split, seed: u64, class_names: &[String]) -> Result<Arc<dyn Dataset>, DataError> {
+        let (p, images, ann, pan, labels) = match split {
+            Split::Train => {
+                ("train", &self.train_images, &self.train_annotations, &self.train_panoptic, &self.train_labels)
+            }
+            Split::Val => ("val", &self.val_images, &self.val_annotations, &self.val_panoptic, &self.val_labels),
+        };
+        let key = |k: &str| format!("{p}_{k}");
+        Ok(match self.format {
+            Format::Synthetic => {
+                // Validation images come from a disjoint index range of the same generator.
+                let (offset, n) = match split {
+                    Split::Train => (0, self.synthetic_train),
+                    Split::Val => (1 << 32, self.synthetic_val),
+                };
+                Arc::new(SynthDataset::new(seed, offset, n, self.synthetic_size))
+            }
+            Format::Coco => {
+                Arc::new(CocoInstances::open(&need(ann, &key("annotations"))?, &need(images, &key("images"))?)?)
+            }
+            Format::CocoPanoptic => Arc::new(CocoPanoptic::open(
+                &need(ann, &key("annotations"))?,
+                &need(images, &key("images"))?,
+                &need(pan, &key("panoptic"))?,
+            )?),
+            Format::Semantic => Arc::new(SemanticFolder::open(
+                &need(images, &key("images"))?,
+                &need(labels, &key("labels"))?,
+                class_names,
+                self.ignore_label,
+                self.reduce_zero_label,
+            )?),
+        })
+    }
+
+    /// The training augmentation.
+    pub fn train_augment(&self) -> Augment {
+        match self.augment {
+            AugmentKind::None => Augment::None,
+            AugmentKind::Lsj => Augment::Lsj(Lsj {
+                size: self.crop_size,
+                min_scale: self.min_scale,
+                max_scale: self.max_scale,
+                flip: true,
+            }),
+            AugmentKind::Semantic => Augment::Semantic(SemanticAug {
+                short_sides: self.short_sides.clone(),
+                max_size: self.max_size,
+                crop: self.crop_size,
+                cat_max_ratio: self.cat_max_ratio,
+                color_jitter: true,
+                flip: true,
+            }),
+        }
+    }
+}
+
+/// Indices of the images kept for training: those with at least one object (when the data set
+/// can tell without decoding; otherwise all). Evaluation keeps every image.
+pub fn training_indices(data: &dyn Dataset) -> Vec<usize> {
+    (0..data.len()).filter(|&i| data.num_objects(i) != Some(0)).collect()
+}
