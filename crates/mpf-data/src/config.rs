@@ -171,6 +171,34 @@ impl DataConfig {
         })
     }
 
+    /// Checks ranges, naming the key.
+    pub fn validate(&self) -> Result<(), DataError> {
+        let bad =
+            |key: &str, message: String| Err(DataError::invalid(Path::new("config"), format!("data.{key}"), message));
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if self.crop_size.contains(&0) {
+            return bad("crop_size", format!("must be positive, got {:?}", self.crop_size));
+        }
+        if !(self.min_scale > 0.0 && self.min_scale <= self.max_scale && self.max_scale.is_finite()) {
+            return bad(
+                "min_scale",
+                format!("need 0 < min_scale ≤ max_scale, got {} and {}", self.min_scale, self.max_scale),
+            );
+        }
+        if self.augment == AugmentKind::Semantic && (self.short_sides.is_empty() || self.short_sides.contains(&0)) {
+            return bad("short_sides", "the semantic augmentation needs positive short-side choices".into());
+        }
+        if !(self.cat_max_ratio > 0.0 && self.cat_max_ratio <= 1.0) {
+            return bad("cat_max_ratio", format!("must lie in (0, 1], got {}", self.cat_max_ratio));
+        }
+        if self.format == Format::Synthetic && self.synthetic_size < 16 {
+            return bad("synthetic_size", format!("must be at least 16 pixels, got {}", self.synthetic_size));
+        }
+        Ok(())
+    }
+
     /// The training augmentation.
     pub fn train_augment(&self) -> Augment {
         match self.augment {
@@ -197,4 +225,54 @@ impl DataConfig {
 /// can tell without decoding; otherwise all). Evaluation keeps every image.
 pub fn training_indices(data: &dyn Dataset) -> Vec<usize> {
     (0..data.len()).filter(|&i| data.num_objects(i) != Some(0)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_keeps_images_with_objects_and_evaluation_keeps_all() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::synth::write(dir.path(), 3, 2, 32).unwrap();
+        // Drop every annotation of image 1: it stays in the data set, not in the training order.
+        let path = dir.path().join("instances.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["annotations"].as_array_mut().unwrap().retain(|a| a["image_id"] != 1);
+        std::fs::write(&path, v.to_string()).unwrap();
+        let cfg = DataConfig {
+            format: Format::Coco,
+            val_annotations: path.display().to_string(),
+            val_images: dir.path().join("images").display().to_string(),
+            ..DataConfig::default()
+        };
+        let data = cfg.open(Split::Val, 0, &[]).unwrap();
+        assert_eq!(data.len(), 3);
+        assert_eq!(training_indices(data.as_ref()), vec![0, 2]);
+        assert_eq!(data.summary().empty_images, 1);
+        let e = cfg.open(Split::Train, 0, &[]).err().expect("train paths are empty").to_string();
+        assert!(e.contains("data.train_annotations"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_key() {
+        assert!(DataConfig::default().validate().is_ok());
+        let e = DataConfig { batch_size: 0, ..DataConfig::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("data.batch_size"), "{e}");
+        let e = DataConfig { augment: AugmentKind::Semantic, short_sides: vec![], ..DataConfig::default() }
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("data.short_sides"), "{e}");
+        let e =
+            DataConfig { min_scale: 2.0, max_scale: 1.0, ..DataConfig::default() }.validate().unwrap_err().to_string();
+        assert!(e.contains("data.min_scale"), "{e}");
+    }
+
+    #[test]
+    fn synthetic_splits_are_disjoint() {
+        let cfg = DataConfig { synthetic_train: 2, synthetic_val: 2, synthetic_size: 32, ..DataConfig::default() };
+        let (t, v) = (cfg.open(Split::Train, 0, &[]).unwrap(), cfg.open(Split::Val, 0, &[]).unwrap());
+        assert_ne!(t.get(0).unwrap().image.pixels, v.get(0).unwrap().image.pixels);
+    }
 }

@@ -94,8 +94,6 @@ pub struct Summary {
     pub annotations_skipped: usize,
     /// Annotations with coordinates outside the image (rasterised clipped to it).
     pub clipped_annotations: usize,
-    /// Panoptic segments listed in the JSON but absent from the PNG (no pixel).
-    pub empty_segments: usize,
     /// Images with no object.
     pub empty_images: usize,
 }

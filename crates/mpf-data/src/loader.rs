@@ -19,9 +19,12 @@ pub type Plan = Vec<(u64, Vec<usize>)>;
 
 /// The training order for steps `start .. start + steps`: each epoch a seeded shuffle of `indices`
 /// (the images kept for training), cut into batches of `batch_size` (a short last batch of an
-/// epoch is dropped, as detectron2's infinite sampler never yields one).
+/// epoch is dropped, as detectron2's infinite sampler never yields one). Empty without images.
 pub fn plan(indices: &[usize], batch_size: usize, seed: u64, start: u64, steps: u64) -> Plan {
     use rand::seq::SliceRandom;
+    if indices.is_empty() || batch_size == 0 {
+        return Vec::new();
+    }
     let per_epoch = (indices.len() / batch_size.max(1)).max(1) as u64;
     (start..start + steps)
         .map(|step| {
@@ -145,6 +148,7 @@ mod tests {
         assert_eq!(first, idx, "epoch 0 sees every image once");
         assert_ne!(p[0].1, p[3].1, "a new shuffle each epoch");
         assert_eq!(plan(&idx, 3, 0, 4, 2), p[4..].to_vec(), "resuming at step 4 gives the same batches");
+        assert!(plan(&[], 3, 0, 0, 5).is_empty(), "no image, no batch (and no panic)");
     }
 
     #[test]

@@ -158,9 +158,14 @@ impl Dataset for CocoPanoptic {
         let mut objects = Vec::with_capacity(e.segments.len());
         for &(id, label) in &e.segments {
             let data: Vec<bool> = ids.iter().map(|&v| v == id).collect();
-            if data.iter().any(|&b| b) {
-                objects.push(Object { label, mask: BinaryMask { height: png.height, width: png.width, data } });
+            if !data.iter().any(|&b| b) {
+                return Err(DataError::invalid(
+                    &png_path,
+                    format!("segment {id} of {item}"),
+                    "has no pixel in the PNG",
+                ));
             }
+            objects.push(Object { label, mask: BinaryMask { height: png.height, width: png.width, data } });
         }
         Ok(Sample { id: e.image.id, file: e.image.file_name.clone(), image, objects })
     }

@@ -162,6 +162,12 @@ fn bad_semantic_and_panoptic_input() {
     std::fs::remove_file(d.join("semantic/000000.png")).unwrap();
     let e = SemanticFolder::open(&d.join("images"), &d.join("semantic"), &names, 255, true).unwrap_err().to_string();
     assert!(e.contains("000000.png") && e.contains("no label file"), "{e}");
+    // Panoptic: a listed segment without pixels names the segment and the PNG.
+    let pan = CocoPanoptic::open(&d.join("panoptic.json"), &d.join("images"), &d.join("panoptic")).unwrap();
+    write_png(&d.join("panoptic/000000.png"), &RgbImage { height: 32, width: 32, pixels: vec![0; 32 * 32 * 3] })
+        .unwrap();
+    let e = pan.get(0).unwrap_err().to_string();
+    assert!(e.contains("panoptic/000000.png") && e.contains("segment 1") && e.contains("no pixel"), "{e}");
     // Panoptic: an unknown category names the segment.
     let path = d.join("panoptic.json");
     let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -161,6 +161,7 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfi
         .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     cfg.model.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     cfg.loss.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    cfg.data.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     if cfg.pilot.enabled {
         cfg.pilot
             .validate(cfg.model.decoder.num_layers)
