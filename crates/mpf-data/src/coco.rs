@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use hotcoco::types::{Dataset as CocoJson, Segmentation};
 
-use crate::{BinaryMask, ClassInfo, DataError, Dataset, Object, Sample, Summary, read_json, read_rgb};
+use crate::{BinaryMask, ClassInfo, DataError, Dataset, Object, Sample, Summary, read_json, read_listed_image};
 
 /// One usable annotation.
 #[derive(Debug, Clone)]
@@ -159,23 +159,7 @@ impl Dataset for CocoInstances {
 
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         let e = &self.images[index];
-        let item = format!("image {} ({})", e.id, e.file);
-        let path = self.images_dir.join(&e.file);
-        let image = read_rgb(&path, &item)?;
-        if (image.height, image.width) != (e.height, e.width) {
-            return Err(DataError::invalid(
-                &path,
-                &item,
-                format!(
-                    "the file is {}×{} but {} says {}×{}",
-                    image.height,
-                    image.width,
-                    self.json.display(),
-                    e.height,
-                    e.width
-                ),
-            ));
-        }
+        let image = read_listed_image(&self.images_dir, &e.file, e.id, &self.json, [e.height, e.width])?;
         let mut objects = Vec::with_capacity(e.anns.len());
         for a in &e.anns {
             let mask = decode_segmentation(&a.segmentation, e.height, e.width)

@@ -189,6 +189,35 @@ pub fn read_rgb(path: &Path, item: &str) -> Result<RgbImage, DataError> {
     Ok(RgbImage { height: img.height() as usize, width: img.width() as usize, pixels: img.into_raw() })
 }
 
+/// Reads image `id` listed in `json` as `file` (under `dir`) and checks it has the listed size;
+/// errors name the file, the image id and both sizes.
+pub(crate) fn read_listed_image(
+    dir: &Path,
+    file: &str,
+    id: u64,
+    json: &Path,
+    listed: [usize; 2],
+) -> Result<RgbImage, DataError> {
+    let item = format!("image {id} ({file})");
+    let path = dir.join(file);
+    let image = read_rgb(&path, &item)?;
+    if [image.height, image.width] != listed {
+        return Err(DataError::invalid(
+            &path,
+            &item,
+            format!(
+                "the file is {}×{} but {} says {}×{}",
+                image.height,
+                image.width,
+                json.display(),
+                listed[0],
+                listed[1]
+            ),
+        ));
+    }
+    Ok(image)
+}
+
 /// Writes an RGB image as PNG.
 pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), DataError> {
     let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::{BinaryMask, ClassInfo, DataError, Dataset, Object, Sample, Summary, read_json, read_rgb};
+use crate::{
+    BinaryMask, ClassInfo, DataError, Dataset, Object, Sample, Summary, read_json, read_listed_image, read_rgb,
+};
 
 #[derive(Debug, Clone, Deserialize)]
 struct PanopticJson {
@@ -129,21 +131,13 @@ impl Dataset for CocoPanoptic {
     fn get(&self, index: usize) -> Result<Sample, DataError> {
         let e = &self.entries[index];
         let item = format!("image {} ({})", e.image.id, e.image.file_name);
-        let image = read_rgb(&self.images_dir.join(&e.image.file_name), &item)?;
-        if (image.height, image.width) != (e.image.height, e.image.width) {
-            return Err(DataError::invalid(
-                &self.images_dir.join(&e.image.file_name),
-                &item,
-                format!(
-                    "the file is {}×{} but {} says {}×{}",
-                    image.height,
-                    image.width,
-                    self.json.display(),
-                    e.image.height,
-                    e.image.width
-                ),
-            ));
-        }
+        let image = read_listed_image(
+            &self.images_dir,
+            &e.image.file_name,
+            e.image.id,
+            &self.json,
+            [e.image.height, e.image.width],
+        )?;
         let png_path = self.png_dir.join(&e.png);
         let png = read_rgb(&png_path, &item)?;
         if (png.height, png.width) != (image.height, image.width) {
