@@ -386,11 +386,9 @@ impl Criterion {
                 let prev = splits[i - 1].1.mask_logits.clone().detach();
                 let [b, t, h, w] = prev.dims();
                 let idx = index_tensor::<B>(rows.iter().copied(), device);
-                let n = rows.len();
-                let label = prev.reshape([b * t, h, w]).select(0, idx.clone()).greater_elem(0.0).float();
+                let label = prev.reshape([b * t, h, w]).select(0, idx).greater_elem(0.0).float();
                 let batch = Batch { masks: Some(label), offsets: vec![0], num_masks };
                 let pairs: Vec<(usize, usize)> = rows.iter().enumerate().map(|(k, &r)| (r, k)).collect();
-                debug_assert_eq!(pairs.len(), n);
                 self.mask_terms(&splits[i].1.mask_logits, &batch, &pairs, num_masks, streams, device)
             };
             let lw = c.layer_consistency_weight;

@@ -17,7 +17,7 @@ use image::imageops::FilterType;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::{BinaryMask, Object, RgbImage, Sample};
+use crate::{BinaryMask, RgbImage, Sample};
 
 /// Large-scale jitter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,14 +219,10 @@ pub fn jitter(img: &mut RgbImage, rng: &mut impl Rng) {
     }
 }
 
-/// Drops objects without pixels (after a transform).
-pub fn non_empty(objects: Vec<Object>) -> Vec<Object> {
-    objects.into_iter().filter(|o| o.mask.area() > 0).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Object;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
