@@ -56,11 +56,16 @@ pub fn c2_msra() -> Initializer {
     Initializer::KaimingNormal { gain: 2f64.sqrt(), fan_out_only: true }
 }
 
-/// Sets a conv's bias (if any) to zero, keeping its parameter id.
+/// Sets a conv's bias (if any) to zero, keeping its parameter id and whether it is trained
+/// (`zeros_like` alone would give a constant that autodiff never updates).
 pub fn zero_conv_bias<B: Backend>(conv: burn::nn::conv::Conv2d<B>) -> burn::nn::conv::Conv2d<B> {
     let mut conv = conv;
     if let Some(bias) = conv.bias.take() {
-        conv.bias = Some(bias.map(|t| t.zeros_like()));
+        conv.bias = Some(bias.map(|t| {
+            let trained = t.is_require_grad();
+            let zeros = t.zeros_like();
+            if trained { zeros.require_grad() } else { zeros }
+        }));
     }
     conv
 }
