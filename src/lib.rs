@@ -11,14 +11,16 @@
 //! - [`criterion`] (`mpf-criterion`): Hungarian matcher, losses, MP losses, appendix-C baselines;
 //! - [`data`] (`mpf-data`): COCO / panoptic / semantic readers, synthetic shapes, augmentation,
 //!   batching and the parallel loader;
-//! - [`train`] (`mpf-train`): typed experiment configs, backend selection and the commands of the
-//!   `mpf-train` program.
+//! - [`eval`] (`mpf-eval`): COCO mask AP through hotcoco, mIoU, overlays and curves;
+//! - [`train`] (`mpf-train`): typed experiment configs, backend selection, the training program
+//!   and the other commands of the `mpf-train` program.
 //!
 //! Backends are cargo features: `flex` (default, pure-Rust CPU), `wgpu` (Vulkan/Metal/DX12, or
 //! CPU through Mesa's lavapipe) and `cuda`.
 
 pub use mpf_criterion as criterion;
 pub use mpf_data as data;
+pub use mpf_eval as eval;
 pub use mpf_import as import;
 pub use mpf_model as model;
 pub use mpf_pilot as pilot;
