@@ -17,6 +17,7 @@
 //! | `crop_size` | [1024, 1024] | LSJ output / semantic crop size |
 //! | `min_scale`, `max_scale` | 0.1, 2.0 | LSJ scale range |
 //! | `short_sides`, `max_size`, `cat_max_ratio` | ADE20K's | semantic resize and crop |
+//! | `test_short_side`, `test_max_size` | 0, 0 | evaluation resize (detectron2 `INPUT.MIN_SIZE_TEST` / `MAX_SIZE_TEST`, e.g. 800 / 1333 for COCO); 0 = original size |
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,6 +94,8 @@ pub struct DataConfig {
     pub short_sides: Vec<usize>,
     pub max_size: usize,
     pub cat_max_ratio: f64,
+    pub test_short_side: usize,
+    pub test_max_size: usize,
 }
 
 impl Default for DataConfig {
@@ -122,6 +125,8 @@ impl Default for DataConfig {
             short_sides: (5..=20).map(|x| x * 512 / 10).collect(),
             max_size: 2048,
             cat_max_ratio: 1.0,
+            test_short_side: 0,
+            test_max_size: 0,
         }
     }
 }
@@ -199,6 +204,22 @@ impl DataConfig {
         Ok(())
     }
 
+    /// The size an image of `[h, w]` is resized to for evaluation: the short side to
+    /// `test_short_side`, capped so the long side stays within `test_max_size` (detectron2's
+    /// `ResizeShortestEdge`); unchanged when `test_short_side` is 0.
+    pub fn test_size(&self, [h, w]: [usize; 2]) -> [usize; 2] {
+        if self.test_short_side == 0 || h == 0 || w == 0 {
+            return [h, w];
+        }
+        let short = h.min(w) as f64;
+        let mut scale = self.test_short_side as f64 / short;
+        let long = h.max(w) as f64 * scale;
+        if self.test_max_size > 0 && long > self.test_max_size as f64 {
+            scale *= self.test_max_size as f64 / long;
+        }
+        [(h as f64 * scale + 0.5) as usize, (w as f64 * scale + 0.5) as usize]
+    }
+
     /// The training augmentation.
     pub fn train_augment(&self) -> Augment {
         match self.augment {
@@ -230,6 +251,16 @@ pub fn training_indices(data: &dyn Dataset) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_size_is_detectron2_resize_shortest_edge() {
+        let cfg = DataConfig { test_short_side: 800, test_max_size: 1333, ..DataConfig::default() };
+        // 480×640 → short side 800: 800×1066.67 → 800×1067.
+        assert_eq!(cfg.test_size([480, 640]), [800, 1067]);
+        // 400×1200 → 800×2400 exceeds 1333: scale 1333/1200 → 444.3×1333.
+        assert_eq!(cfg.test_size([400, 1200]), [444, 1333]);
+        assert_eq!(DataConfig::default().test_size([37, 51]), [37, 51]);
+    }
 
     #[test]
     fn training_keeps_images_with_objects_and_evaluation_keeps_all() {

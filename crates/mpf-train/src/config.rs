@@ -18,6 +18,16 @@ use mpf_pilot::config::PilotConfig;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+use crate::solver::SolverConfig;
+use crate::train::TrainConfig;
+
+/// Config files compiled into the binary, so the default run needs no file: `(name, text)`.
+/// `extends` between them resolves by name.
+pub const EMBEDDED: [(&str, &str); 2] = [
+    ("tiny_mask2former.toml", include_str!("../../../configs/synthetic/tiny_mask2former.toml")),
+    ("tiny_mpformer.toml", include_str!("../../../configs/synthetic/tiny_mpformer.toml")),
+];
+
 /// Which post-processing an experiment reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +64,10 @@ pub struct ExperimentConfig {
     pub loss: LossConfig,
     /// Where the data is and how it is read, augmented and batched.
     pub data: DataConfig,
+    /// Optimiser, parameter groups, clipping and learning-rate schedule.
+    pub solver: SolverConfig,
+    /// Logging, evaluation and checkpoint periods of the training program.
+    pub train: TrainConfig,
 }
 
 impl Default for ExperimentConfig {
@@ -72,6 +86,8 @@ impl Default for ExperimentConfig {
             pilot: PilotConfig::disabled(),
             loss: LossConfig::default(),
             data: DataConfig::default(),
+            solver: SolverConfig::default(),
+            train: TrainConfig::default(),
         }
     }
 }
@@ -139,11 +155,70 @@ pub enum ConfigError {
 /// Loads `path` (or the defaults when `None`) and applies `overrides` (`key=value`, TOML values;
 /// a bare word is taken as a string).
 pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfig, ConfigError> {
+    load_from(path.map(|p| Source::File(p.to_path_buf())), overrides)
+}
+
+/// Loads one of the [`EMBEDDED`] configs by name and applies `overrides`.
+pub fn load_embedded(name: &str, overrides: &[String]) -> Result<ExperimentConfig, ConfigError> {
+    load_from(Some(Source::Embedded(name.to_string())), overrides)
+}
+
+/// Where a config text comes from.
+#[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    Embedded(String),
+}
+
+impl Source {
+    fn origin(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Embedded(n) => format!("built-in {n}"),
+        }
+    }
+
+    fn read(&self) -> Result<String, ConfigError> {
+        match self {
+            Source::File(path) => {
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })
+            }
+            Source::Embedded(name) => {
+                EMBEDDED.iter().find(|(n, _)| n == name).map(|(_, t)| t.to_string()).ok_or_else(|| {
+                    ConfigError::Invalid {
+                        origin: "built-in configs".into(),
+                        message: format!(
+                            "no built-in config `{name}` (have {})",
+                            EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                        ),
+                    }
+                })
+            }
+        }
+    }
+
+    /// The source an `extends = "parent"` in this one names.
+    fn parent(&self, parent: &str) -> Source {
+        match self {
+            Source::File(p) => Source::File(p.parent().unwrap_or(Path::new(".")).join(parent)),
+            Source::Embedded(_) => Source::Embedded(parent.to_string()),
+        }
+    }
+
+    fn key(&self) -> PathBuf {
+        match self {
+            Source::File(p) => p.canonicalize().unwrap_or_else(|_| p.clone()),
+            Source::Embedded(n) => PathBuf::from(format!("<built-in>/{n}")),
+        }
+    }
+}
+
+fn load_from(source: Option<Source>, overrides: &[String]) -> Result<ExperimentConfig, ConfigError> {
     let mut merged = Value::try_from(ExperimentConfig::default()).map_err(|e| ConfigError::Serialize(e.to_string()))?;
     let mut origin = "the defaults".to_string();
-    if let Some(path) = path {
-        merge_file(&mut merged, path, &mut Vec::new())?;
-        origin = path.display().to_string();
+    if let Some(source) = source {
+        merge_file(&mut merged, &source, &mut Vec::new())?;
+        origin = source.origin();
     }
     for o in overrides {
         let (key, raw) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
@@ -162,6 +237,8 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfi
     cfg.model.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     cfg.loss.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
     cfg.data.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
+    cfg.solver.validate().map_err(|message| ConfigError::Invalid { origin: origin.clone(), message })?;
+    cfg.train.validate().map_err(|message| ConfigError::Invalid { origin: origin.clone(), message })?;
     if cfg.pilot.enabled {
         cfg.pilot
             .validate(cfg.model.decoder.num_layers)
@@ -183,27 +260,22 @@ pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<ExperimentConfi
     Ok(cfg)
 }
 
-/// Merges `path` over `merged`, after the file it `extends` (a path relative to `path`'s folder),
-/// recursively. `chain` holds the files being read, to report cycles.
-fn merge_file(merged: &mut Value, path: &Path, chain: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    let mut user: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    let origin = path.display().to_string();
-    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-    if chain.contains(&canonical) {
+/// Merges `source` over `merged`, after the config it `extends` (a path relative to its folder,
+/// or another built-in name), recursively. `chain` holds the sources being read, to report cycles.
+fn merge_file(merged: &mut Value, source: &Source, chain: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
+    let text = source.read()?;
+    let origin = source.origin();
+    let mut user: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Parse { path: origin.clone(), message: e.to_string() })?;
+    let key = source.key();
+    if chain.contains(&key) {
         return Err(ConfigError::Invalid { origin, message: "`extends` forms a cycle".into() });
     }
-    chain.push(canonical);
+    chain.push(key);
     match user.remove("extends") {
         None => {}
-        Some(Value::String(parent)) => {
-            let parent = path.parent().unwrap_or(Path::new(".")).join(parent);
-            merge_file(merged, &parent, chain)?;
-        }
+        Some(Value::String(parent)) => merge_file(merged, &source.parent(&parent), chain)?,
         Some(v) => {
             return Err(ConfigError::Invalid {
                 origin,
@@ -377,6 +449,69 @@ mod tests {
         let e = load(None, &["model.backbone.norm=\"group\"".into()]).unwrap_err().to_string();
         assert!(e.contains("norm") || e.contains("group"), "{e}");
         assert!(matches!(load(None, &["seed".into()]), Err(ConfigError::BadOverride(_))));
+    }
+
+    #[test]
+    fn every_shipped_config_loads() {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|e| e == "toml") {
+                    out.push(p);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs"), &mut files);
+        assert!(files.len() >= 29, "{files:?}");
+        for f in &files {
+            let c = load(Some(f), &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            let name = f.file_name().unwrap().to_string_lossy().to_string();
+            assert_eq!(c.pilot.enabled, name.starts_with("mpformer") || name.starts_with("tiny_mpformer"), "{name}");
+            if c.pilot.enabled {
+                assert!(!c.model.decoder.use_query_pos_embed, "{name}");
+            }
+        }
+        let coco12 = load(
+            Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/coco/instance/mpformer_r50_12ep.toml")),
+            &[],
+        )
+        .unwrap();
+        assert_eq!((coco12.solver.max_iter, coco12.solver.steps.clone()), (88_500, vec![73_750, 81_125]));
+        let pan = load(
+            Some(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/coco/panoptic/mask2former_r50.toml")),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(pan.is_thing().iter().filter(|&&t| t).count(), 80);
+        assert_eq!(pan.model.num_classes, 133);
+        let ade = load(
+            Some(
+                &Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../configs/ade20k/semantic/mpformer_r50_160k_steplr.toml"),
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            (ade.solver.schedule, ade.solver.steps.clone()),
+            (crate::solver::ScheduleKind::Multistep, vec![135_000, 150_000])
+        );
+    }
+
+    #[test]
+    fn built_in_configs_load_and_match_the_files() {
+        for (name, _) in EMBEDDED {
+            let built_in = load_embedded(name, &[]).unwrap();
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/synthetic").join(name);
+            let file = load(Some(&path), &[]).unwrap();
+            assert_eq!(built_in.to_toml().unwrap(), file.to_toml().unwrap(), "{name}");
+        }
+        assert!(load_embedded("tiny_mpformer.toml", &[]).unwrap().pilot.enabled);
+        let e = load_embedded("nope.toml", &[]).unwrap_err().to_string();
+        assert!(e.contains("nope.toml") && e.contains("tiny_mpformer.toml"), "{e}");
     }
 
     #[test]

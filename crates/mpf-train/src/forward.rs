@@ -128,7 +128,7 @@ impl BackendTask for ForwardTask {
             Some(dir) => {
                 let info = crate::checkpoint::read_info(dir)?;
                 (
-                    crate::checkpoint::load::<B>(dir, cfg, &device)?,
+                    crate::checkpoint::load::<B>(dir, cfg, &device)?.model,
                     format!("checkpoint {} ({})", dir.display(), info.source),
                 )
             }

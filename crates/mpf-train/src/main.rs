@@ -8,15 +8,21 @@ use mpf_import::{Source, import};
 use mpf_train::checkpoint::CheckpointInfo;
 use mpf_train::config;
 use mpf_train::device::{BackendTask, DeviceChoice, dispatch};
+use mpf_train::evaluate::EvalTask;
 use mpf_train::forward::ForwardTask;
 use mpf_train::info::model_info;
+use mpf_train::predict::{PredictOptions, PredictTask};
+use mpf_train::train::{TrainTask, find_checkpoint, run_dir_of};
 
 /// Train and run MP-Former / Mask2Former on Burn.
+///
+/// Without a command, trains the tiny MP-Former on the built-in synthetic shapes on the CPU
+/// (a few minutes in a release build), evaluates it and draws its predictions.
 #[derive(Parser)]
 #[command(name = "mpf-train", version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 /// Options shared by commands that read an experiment config.
@@ -32,6 +38,71 @@ struct ConfigArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a model (Mask2Former, MP-Former or an appendix-C variant, as the config says).
+    Train {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Device: flex, wgpu, cuda or cuda:N (among the compiled-in backends).
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Run folder (default: runs/<config name>, or the resumed run's folder).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Continue from a checkpoint folder, or from the newest checkpoint of a run folder. The
+        /// config comes from the checkpoint unless --config is given; --set still applies
+        /// (e.g. a longer solver.max_iter).
+        #[arg(long)]
+        resume: Option<PathBuf>,
+    },
+    /// Evaluate a checkpoint: COCO results JSON + mask AP (instance, panoptic) or mIoU (semantic),
+    /// and images per second with and without post-processing.
+    Eval {
+        /// Checkpoint folder (its config.toml is used).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Override one config key (repeatable), e.g. `--set data.test_short_side=800`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A COCO instance JSON to evaluate on instead of the config's validation split.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Image folder for --data (default: the JSON's folder).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Evaluate at most this many images (0 = all).
+        #[arg(long, default_value_t = 0)]
+        max_images: usize,
+        /// Device: flex, wgpu, cuda or cuda:N.
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Folder for results.json and metrics.json (default: CHECKPOINT/eval).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Run a checkpoint on images: overlay PNGs and masks as COCO RLE JSON.
+    Predict {
+        /// Checkpoint folder (its config.toml is used).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Override one config key (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// An image file or a folder of images.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        output: PathBuf,
+        /// Also draw, per shown query, its mask at each decoder prediction (NAME_layers.png).
+        #[arg(long)]
+        layers: bool,
+        /// Instances scoring below this are not drawn or written.
+        #[arg(long, default_value_t = 0.5)]
+        min_score: f32,
+        /// Device: flex, wgpu, cuda or cuda:N.
+        #[arg(long, default_value = "flex")]
+        device: String,
+    },
     /// Print parameter counts per part and a FLOPs estimate.
     Info {
         #[command(flatten)]
@@ -170,14 +241,143 @@ impl BackendTask for ImportTask {
             Source::Torchvision => "torchvision",
         };
         let info = CheckpointInfo::new(format!("import {kind} {}", self.file.display()), None);
+        let model = mpf_pilot::forward::MpFormer::new(model, &self.cfg.pilot, &device);
         mpf_train::checkpoint::save(&self.output, &self.cfg, model, &info)?;
         Ok(report)
     }
 }
 
+/// `--set` overrides that point a split of `[data]` at a COCO JSON (instance or panoptic,
+/// detected by `segments_info`) and its image folder.
+fn coco_data_overrides(
+    path: &std::path::Path,
+    images: Option<&std::path::Path>,
+    split: &str,
+) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let format = if text.contains("\"segments_info\"") { "coco_panoptic" } else { "coco" };
+    let folder = images.map(PathBuf::from).unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
+    let q = |p: &std::path::Path| format!("\"{}\"", p.display().to_string().replace('\\', "/"));
+    let mut sets = vec![
+        format!("data.format=\"{format}\""),
+        format!("data.{split}_annotations={}", q(path)),
+        format!("data.{split}_images={}", q(&folder)),
+    ];
+    if format == "coco_panoptic" {
+        sets.push(format!("data.{split}_panoptic={}", q(&path.with_extension(""))));
+    }
+    Ok(sets)
+}
+
+/// The first of `runs/NAME`, `runs/NAME-1`, … that holds no checkpoint yet.
+fn fresh_run_dir(name: &str) -> PathBuf {
+    (0..)
+        .map(
+            |i| {
+                if i == 0 {
+                    PathBuf::from("runs").join(name)
+                } else {
+                    PathBuf::from("runs").join(format!("{name}-{i}"))
+                }
+            },
+        )
+        .find(|p| !p.join("checkpoints").exists())
+        .expect("some folder name is free")
+}
+
+fn run_training(task: TrainTask, device: &str) -> anyhow::Result<()> {
+    let choice: DeviceChoice = device.parse()?;
+    let cfg = &task.config;
+    println!(
+        "training {} ({} steps, batch {} × accumulate {}, pilot {}) on {choice} into {}",
+        if cfg.pilot.enabled { "MP-Former" } else { "Mask2Former" },
+        cfg.solver.max_iter,
+        cfg.data.batch_size,
+        cfg.solver.accumulate,
+        if cfg.pilot.enabled { "on" } else { "off" },
+        task.output.display()
+    );
+    let report = dispatch(choice, task)??;
+    print!("{}", report.evaluation.table());
+    let (metric, value) = report.evaluation.primary();
+    println!(
+        "trained steps {}..{} in {:.0} s; final {metric} {value:.2}",
+        report.start_step, report.final_step, report.train_seconds
+    );
+    if let Some((m, v, s)) = &report.best {
+        println!("best {m} {v:.2} at step {s}: {}", report.run_dir.join("best").display());
+    }
+    println!("run folder: {}", report.run_dir.display());
+    println!("  log:         {}", report.run_dir.join("metrics.jsonl").display());
+    for f in &report.files {
+        println!("  {:<12} {}", format!("{}:", f.file_name().map_or("".into(), |n| n.to_string_lossy())), f.display());
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        let cfg = config::load_embedded("tiny_mpformer.toml", &[])?;
+        let output = fresh_run_dir("tiny_mpformer");
+        return run_training(TrainTask { config: cfg, output, resume: None, progress: true }, "flex");
+    };
+    match command {
+        Command::Train { config: c, device, output, resume } => {
+            let resume_ckpt = resume.as_deref().map(find_checkpoint).transpose()?;
+            let cfg = match (&resume_ckpt, &c.config) {
+                (Some(dir), None) => mpf_train::checkpoint::config_of(dir, &c.set)?,
+                _ => config::load(c.config.as_deref(), &c.set)?,
+            };
+            let output = match (output, &resume_ckpt) {
+                (Some(o), _) => o,
+                (None, Some(ck)) => run_dir_of(ck),
+                (None, None) => {
+                    let stem = c
+                        .config
+                        .as_deref()
+                        .and_then(|p| p.file_stem())
+                        .map_or("default".into(), |s| s.to_string_lossy().to_string());
+                    PathBuf::from("runs").join(stem)
+                }
+            };
+            run_training(TrainTask { config: cfg, output, resume: resume_ckpt, progress: true }, &device)?;
+        }
+        Command::Eval { checkpoint, set, data, images, max_images, device, output } => {
+            let mut sets = set.clone();
+            if let Some(path) = &data {
+                sets.extend(coco_data_overrides(path, images.as_deref(), "val")?);
+            }
+            let cfg = mpf_train::checkpoint::config_of(&checkpoint, &sets)?;
+            let output = output.unwrap_or_else(|| checkpoint.join("eval"));
+            let task = EvalTask { checkpoint, config: cfg, max_images, output: output.clone() };
+            let ev = dispatch(device.parse()?, task)??;
+            print!("{}", ev.table());
+            println!("metrics: {}", output.join("metrics.json").display());
+            if !ev.rows.is_empty() || ev.coco.is_some() {
+                println!("results: {}", output.join("results.json").display());
+            }
+        }
+        Command::Predict { checkpoint, set, input, output, layers, min_score, device } => {
+            let cfg = mpf_train::checkpoint::config_of(&checkpoint, &set)?;
+            let inputs = mpf_train::predict::list_images(&input)?;
+            let task = PredictTask {
+                checkpoint,
+                config: cfg,
+                inputs,
+                output: output.clone(),
+                options: PredictOptions { min_score, layers },
+                progress: true,
+            };
+            let preds = dispatch(device.parse()?, task)??;
+            for p in &preds {
+                println!("{}: {} masks → {}", p.file, p.masks.len(), p.overlay);
+                if let Some(l) = &p.layers {
+                    println!("  layers: {l}");
+                }
+            }
+            println!("masks (COCO RLE): {}", output.join("predictions.json").display());
+        }
         Command::Info { config: c, size, json } => {
             let cfg = config::load(c.config.as_deref(), &c.set)?;
             let info = dispatch(DeviceChoice::Flex, InfoTask { cfg, size: parse_size(&size)? })??;
@@ -257,17 +457,7 @@ fn main() -> anyhow::Result<()> {
                 SplitArg::Val => "val",
             };
             if let Some(path) = &data {
-                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-                let format = if text.contains("\"segments_info\"") { "coco_panoptic" } else { "coco" };
-                let folder = images.clone().unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
-                let q = |p: &std::path::Path| format!("\"{}\"", p.display().to_string().replace('\\', "/"));
-                sets.push(format!("data.format=\"{format}\""));
-                sets.push(format!("data.{split_name}_annotations={}", q(path)));
-                sets.push(format!("data.{split_name}_images={}", q(&folder)));
-                if format == "coco_panoptic" {
-                    let pngs = path.with_extension("");
-                    sets.push(format!("data.{split_name}_panoptic={}", q(&pngs)));
-                }
+                sets.extend(coco_data_overrides(path, images.as_deref(), split_name)?);
             }
             let cfg = config::load(c.config.as_deref(), &sets)?;
             let split = match split {

@@ -165,3 +165,81 @@ fn synth_then_data_info_on_every_view() {
         run(bin().args(["data-info", "--data"]).arg(d.join("instances.json")).arg("--images").arg(d.join("images")));
     assert!(!ok && stderr.contains("000002.png") && stderr.contains("image 2"), "{stderr}");
 }
+
+/// `--set` arguments for a few-second training run of a very small MP-Former.
+fn micro_sets(steps: u64) -> Vec<String> {
+    [
+        "data.synthetic_size=48",
+        "data.crop_size=[48, 48]",
+        "data.synthetic_train=8",
+        "data.synthetic_val=2",
+        "data.batch_size=2",
+        "data.workers=1",
+        "loss.num_points=64",
+        "model.decoder.num_layers=2",
+        "pilot.piloted_layers=[0, 1]",
+        "model.pixel_decoder.encoder_layers=1",
+        "train.log_period=2",
+        "train.eval_period=0",
+        "train.checkpoint_period=2",
+        "train.overlays=1",
+        "test.detections_per_image=3",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("solver.max_iter={steps}")])
+    .flat_map(|s| ["--set".to_string(), s])
+    .collect()
+}
+
+#[test]
+fn train_resume_eval_and_predict_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (ok, stdout, stderr) = run(bin()
+        .args(["train", "--config"])
+        .arg(config("synthetic/tiny_mpformer.toml"))
+        .args(micro_sets(2))
+        .arg("--output")
+        .arg(&run_dir));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("training MP-Former") && stdout.contains("final AP"), "{stdout}");
+    assert!(stdout.contains("overlays") && stdout.contains("loss.png"), "{stdout}");
+    // Continue the run to 4 steps: the config comes from the checkpoint, --set still applies.
+    let (ok, stdout, stderr) =
+        run(bin().arg("train").arg("--resume").arg(&run_dir).args(["--set", "solver.max_iter=4"]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("trained steps 2..4"), "{stdout}");
+    let ck = run_dir.join("checkpoints/step_00000004");
+    assert!(ck.join("optim-0.mpk").exists());
+
+    let (ok, stdout, stderr) = run(bin().arg("eval").arg("--checkpoint").arg(&ck));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Average Precision") && stdout.contains("images/s with post-processing"), "{stdout}");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ck.join("eval/results.json")).unwrap()).unwrap();
+    assert!(results.as_array().unwrap().iter().all(|r| r["segmentation"]["counts"].is_string()));
+
+    let (ok, _, stderr) =
+        run(bin().args(["synth", "--images", "2", "--size", "40", "--out"]).arg(dir.path().join("s")));
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = run(bin()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&ck)
+        .arg("--input")
+        .arg(dir.path().join("s/images"))
+        .arg("--output")
+        .arg(dir.path().join("p"))
+        .args(["--layers", "--min-score", "0"]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("layers:"), "{stdout}");
+    for f in ["000000.png", "000000.json", "000000_layers.png", "000001.png", "predictions.json"] {
+        assert!(dir.path().join("p").join(f).exists(), "{f}");
+    }
+    // Errors name what is wrong.
+    let (ok, _, stderr) = run(bin().arg("eval").arg("--checkpoint").arg(dir.path()));
+    assert!(!ok && stderr.contains("not an mpf checkpoint"), "{stderr}");
+    let (ok, _, stderr) = run(bin().arg("train").arg("--resume").arg(dir.path().join("s")));
+    assert!(!ok && stderr.contains("holds no checkpoint"), "{stderr}");
+}

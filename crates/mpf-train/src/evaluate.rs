@@ -1,0 +1,285 @@
+//! Evaluation of a model on a data set: one image at a time (detectron2's test batch size),
+//! optionally resized (`data.test_short_side`), post-processed for the config's task at the
+//! original image size, and scored — mask AP through hotcoco's COCOeval for `instance` and
+//! `panoptic` configs (panoptic: thing classes only), mIoU for `semantic` configs.
+//!
+//! Speed is measured on the way: the model alone (synchronised) and model + post-processing.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use burn::prelude::*;
+use indicatif::{ProgressBar, ProgressStyle};
+use mpf_data::Dataset;
+use mpf_data::config::Format;
+use mpf_eval::coco::{self, CocoMetrics, InstancePrediction, ResultRow};
+use mpf_eval::semantic::{ConfusionMatrix, SemanticMetrics};
+use mpf_model::Mask2Former;
+use mpf_model::decoder::DecoderOutput;
+use mpf_model::mask::BinaryMask;
+use mpf_model::model::{ImageBatch, RgbImage};
+use mpf_model::postprocess::{ImageGeometry, Instance, instance_inference, semantic_inference};
+use serde::Serialize;
+
+use crate::config::{ExperimentConfig, Task};
+
+/// Throughput of an evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Speed {
+    /// Device string.
+    pub device: String,
+    /// Images per second, model only (backbone → last decoder prediction, synchronised).
+    pub model_images_per_s: f64,
+    /// Images per second including resize, post-processing and result encoding.
+    pub end_to_end_images_per_s: f64,
+}
+
+/// Results of one evaluation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evaluation {
+    /// The task scored.
+    pub task: Task,
+    /// Images evaluated.
+    pub images: usize,
+    /// Mask AP (instance and panoptic tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coco: Option<CocoMetrics>,
+    /// mIoU (semantic task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<SemanticMetrics>,
+    /// Throughput.
+    pub speed: Speed,
+    /// The COCO results rows (instance and panoptic tasks).
+    #[serde(skip)]
+    pub rows: Vec<ResultRow>,
+}
+
+impl Evaluation {
+    /// The headline metric in percent: `("AP", 100·AP)` or `("mIoU", mIoU)`. pycocotools' −1
+    /// ("nothing to score") is reported as 0.
+    pub fn primary(&self) -> (&'static str, f64) {
+        match (&self.coco, &self.semantic) {
+            (Some(c), _) => ("AP", 100.0 * c.ap().max(0.0)),
+            (None, Some(s)) => ("mIoU", s.miou),
+            _ => ("none", 0.0),
+        }
+    }
+
+    /// A short printable summary.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        if let Some(c) = &self.coco {
+            s += &format!("mask AP over {} images ({} detections):\n{}", self.images, c.detections, c.table());
+        }
+        if let Some(m) = &self.semantic {
+            s += &format!(
+                "semantic over {} images: mIoU {:.2}  fwIoU {:.2}  mACC {:.2}  pACC {:.2}\n",
+                self.images, m.miou, m.fwiou, m.macc, m.pacc
+            );
+        }
+        s += &format!(
+            "speed on {}: {:.2} images/s model only, {:.2} images/s with post-processing\n",
+            self.speed.device, self.speed.model_images_per_s, self.speed.end_to_end_images_per_s
+        );
+        s
+    }
+}
+
+/// The network outputs of one image, ready for post-processing.
+pub struct ImageOutput<B: Backend> {
+    /// All predictions (the last is the one post-processing uses).
+    pub output: DecoderOutput<B>,
+    /// Where the image sits in the model input and the size results should have.
+    pub geometry: ImageGeometry,
+}
+
+impl<B: Backend> ImageOutput<B> {
+    /// Class logits `[Q, K+1]` and mask logits `[Q, H/4, W/4]` of prediction `i`.
+    pub fn prediction(&self, i: usize) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        let p = &self.output.predictions[i];
+        let [_, q, k1] = p.class_logits.dims();
+        let [_, _, h4, w4] = p.mask_logits.dims();
+        (p.class_logits.clone().reshape([q, k1]), p.mask_logits.clone().reshape([q, h4, w4]))
+    }
+
+    /// The last prediction.
+    pub fn last(&self) -> (Tensor<B, 2>, Tensor<B, 3>) {
+        self.prediction(self.output.predictions.len() - 1)
+    }
+}
+
+/// Resizes an RGB image (triangle filter).
+pub fn resize_image(img: &RgbImage, [h, w]: [usize; 2]) -> RgbImage {
+    if [img.height, img.width] == [h, w] {
+        return img.clone();
+    }
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())
+        .expect("image buffer matches its size");
+    let out = image::imageops::resize(&buf, w as u32, h as u32, image::imageops::FilterType::Triangle);
+    RgbImage { height: h, width: w, pixels: out.into_raw() }
+}
+
+/// Runs the model on one image at the config's test size; results map back to the image's size.
+pub fn run_image<B: Backend>(
+    model: &Mask2Former<B>,
+    cfg: &ExperimentConfig,
+    img: &RgbImage,
+    item: &str,
+    device: &B::Device,
+) -> anyhow::Result<ImageOutput<B>> {
+    let size = [img.height, img.width];
+    let resized = resize_image(img, cfg.data.test_size(size));
+    let batch = ImageBatch::<B>::from_images(std::slice::from_ref(&resized), &cfg.input, device)
+        .with_context(|| format!("image {item}"))?;
+    let [_, _, hp, wp] = batch.images.dims();
+    let output = model.forward(batch.images);
+    let geometry = ImageGeometry { padded: [hp, wp], image: [resized.height, resized.width], output: size };
+    Ok(ImageOutput { output, geometry })
+}
+
+/// Instance results of one image (things only when `is_thing` is given).
+pub fn instances<B: Backend>(out: &ImageOutput<B>, cfg: &ExperimentConfig) -> Vec<Instance> {
+    let (cls, masks) = out.last();
+    let things = cfg.is_thing();
+    let filter = (cfg.task == Task::Panoptic).then_some(things.as_slice());
+    instance_inference(cls, masks, out.geometry, &cfg.test, filter)
+}
+
+/// The ground-truth label map of a sample (`ignore` where no object is).
+pub fn label_map(objects: &[mpf_data::Object], [h, w]: [usize; 2], ignore: u32) -> Vec<u32> {
+    let mut map = vec![ignore; h * w];
+    for o in objects {
+        for (v, &m) in map.iter_mut().zip(&o.mask.data) {
+            if m {
+                *v = o.label as u32;
+            }
+        }
+    }
+    map
+}
+
+/// A progress bar (hidden when `show` is false).
+pub fn progress(len: u64, show: bool, what: &str) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {per_sec} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// Evaluates `model` on the first `max_images` images of `data` (all when 0).
+pub fn evaluate<B: Backend>(
+    model: &Mask2Former<B>,
+    cfg: &ExperimentConfig,
+    data: &dyn Dataset,
+    device: &B::Device,
+    device_name: &str,
+    max_images: usize,
+    show_progress: bool,
+) -> anyhow::Result<Evaluation> {
+    let n = if max_images == 0 { data.len() } else { max_images.min(data.len()) };
+    let pb = progress(n as u64, show_progress, "eval");
+    let category_ids = coco::category_ids(data);
+    let mut predictions: Vec<InstancePrediction> = Vec::new();
+    let mut confusion = ConfusionMatrix::new(cfg.model.num_classes, cfg.data.ignore_label as u32);
+    let mut image_ids = Vec::with_capacity(n);
+    let mut gt = coco::GroundTruthBuilder::new(data.classes());
+    let (mut model_s, mut total_s) = (0.0, 0.0);
+    for i in 0..n {
+        let sample = data.get(i)?;
+        image_ids.push(sample.id);
+        if cfg.task != Task::Semantic && cfg.data.format != Format::Coco {
+            gt.add(&sample);
+        }
+        let t0 = Instant::now();
+        let out = run_image(model, cfg, &sample.image, &sample.file, device)?;
+        let _ = out.output.predictions.last().map(|p| p.class_logits.to_data());
+        model_s += t0.elapsed().as_secs_f64();
+        let size = [sample.image.height, sample.image.width];
+        match cfg.task {
+            Task::Instance | Task::Panoptic => {
+                for inst in instances(&out, cfg) {
+                    predictions.push(InstancePrediction {
+                        image_id: sample.id,
+                        label: inst.label,
+                        score: inst.score,
+                        mask: BinaryMask { height: size[0], width: size[1], data: inst.mask },
+                    });
+                }
+            }
+            Task::Semantic => {
+                let (cls, masks) = out.last();
+                let sem = semantic_inference(cls, masks, out.geometry);
+                let gt = label_map(&sample.objects, size, cfg.data.ignore_label as u32);
+                confusion.add(&gt, &sem.labels, &sample.file)?;
+            }
+        }
+        total_s += t0.elapsed().as_secs_f64();
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let (coco, semantic, rows) = match cfg.task {
+        Task::Instance | Task::Panoptic => {
+            let rows = coco::result_rows(&predictions, &category_ids)?;
+            let gt = if cfg.data.format == Format::Coco {
+                coco::load_ground_truth(Path::new(&cfg.data.val_annotations))?
+            } else {
+                gt.finish()
+            };
+            (Some(coco::evaluate_segm(gt, &rows, &image_ids)?), None, rows)
+        }
+        Task::Semantic => (None, Some(confusion.metrics()), Vec::new()),
+    };
+    let speed = Speed {
+        device: device_name.to_string(),
+        model_images_per_s: n as f64 / model_s.max(1e-9),
+        end_to_end_images_per_s: n as f64 / total_s.max(1e-9),
+    };
+    Ok(Evaluation { task: cfg.task, images: n, coco, semantic, speed, rows })
+}
+
+/// `eval`: a checkpoint on the config's validation split, written to `output`.
+#[derive(Debug, Clone)]
+pub struct EvalTask {
+    /// The checkpoint folder.
+    pub checkpoint: std::path::PathBuf,
+    /// Its config with overrides (the validation split is what is evaluated).
+    pub config: ExperimentConfig,
+    /// At most this many images (0 = all).
+    pub max_images: usize,
+    /// Folder for `metrics.json` and `results.json`.
+    pub output: std::path::PathBuf,
+}
+
+impl crate::device::BackendTask for EvalTask {
+    type Output = anyhow::Result<Evaluation>;
+
+    fn run<B: Backend>(self, device: B::Device, name: &str) -> Self::Output {
+        let cfg = &self.config;
+        let model = crate::checkpoint::load::<B>(&self.checkpoint, cfg, &device)?.model;
+        let data = cfg.data.open(mpf_data::config::Split::Val, cfg.seed, &cfg.class_names)?;
+        if data.classes().len() != cfg.model.num_classes {
+            anyhow::bail!(
+                "the evaluation data has {} classes but the checkpoint's model.num_classes is {}",
+                data.classes().len(),
+                cfg.model.num_classes
+            );
+        }
+        let ev = evaluate(&model, cfg, data.as_ref(), &device, name, self.max_images, true)?;
+        std::fs::create_dir_all(&self.output).with_context(|| format!("cannot create {}", self.output.display()))?;
+        let metrics = self.output.join("metrics.json");
+        std::fs::write(&metrics, serde_json::to_string_pretty(&ev)?)
+            .with_context(|| format!("cannot write {}", metrics.display()))?;
+        if ev.coco.is_some() {
+            mpf_eval::coco::write_results(&self.output.join("results.json"), &ev.rows)?;
+        }
+        Ok(ev)
+    }
+}
