@@ -15,6 +15,7 @@ use mpformer::train::checkpoint;
 use mpformer::train::config::{self, ExperimentConfig};
 use mpformer::train::device::BackendTask;
 use mpformer::train::evaluate::EvalTask;
+use mpformer::train::layers::{LayerRun, LayersTask};
 use mpformer::train::predict::{PredictOptions, PredictTask};
 use mpformer::train::solver::{clip_global, grad_norm, param_groups};
 use mpformer::train::train::{TrainTask, find_checkpoint};
@@ -144,6 +145,35 @@ fn ten_steps_then_resume_ten_equals_twenty_steps() {
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("ev/metrics.json")).unwrap()).unwrap();
     assert!(written["coco"]["stats"]["AP"].is_number());
+
+    // Panoptic post-processing of the same model: PQ (all classes are things here) and mask AP.
+    let mut pan_cfg = cfg.clone();
+    pan_cfg.task = mpformer::train::config::Task::Panoptic;
+    let ev = EvalTask { checkpoint: ck.clone(), config: pan_cfg, max_images: 2, output: dir.path().join("evp") }
+        .run::<Flex>(FlexDevice, "flex")
+        .unwrap();
+    let p = ev.panoptic.as_ref().unwrap();
+    assert_eq!((p.images, p.stuff.n), (2, 0));
+    assert_eq!(ev.primary().0, "PQ");
+    assert!(ev.coco.is_some());
+
+    // Layer consistency of two checkpoints of the run.
+    let runs = ["checkpoints/step_00000015", "checkpoints/step_00000020"]
+        .iter()
+        .map(|c| LayerRun { label: c.to_string(), checkpoint: a.join(c), config: cfg.clone() })
+        .collect();
+    let (reports, files) = LayersTask { runs, max_images: 3, output: dir.path().join("layers"), progress: false }
+        .run::<Flex>(FlexDevice, "flex")
+        .unwrap();
+    assert_eq!(reports.len(), 2);
+    for r in &reports {
+        let m = &r.metrics;
+        assert_eq!(m.util_last.len(), 2, "2 decoder layers: i = 1, 2");
+        assert_eq!(m.util_last[1], 1.0, "the last layer agrees with itself");
+        assert!(m.objects > 0 && m.queries > 0);
+        assert!(m.util_prev.iter().chain(&m.miou_l).all(|v| (0.0..=1.0).contains(v)));
+    }
+    assert!(files.iter().all(|f| f.exists()) && files.len() == 3);
 
     let images = dir.path().join("synth");
     mpformer::data::synth::write(&images, 2, 9, 48).unwrap();

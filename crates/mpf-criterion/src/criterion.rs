@@ -107,7 +107,8 @@ impl LossConfig {
         Ok(())
     }
 
-    fn matcher_weights(&self) -> MatcherWeights {
+    /// The matcher's cost weights and point count.
+    pub fn matcher_weights(&self) -> MatcherWeights {
         MatcherWeights {
             class: self.class_weight,
             mask: self.mask_weight,

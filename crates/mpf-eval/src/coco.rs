@@ -224,7 +224,8 @@ impl CocoMetrics {
 }
 
 /// Scores `rows` against `gt` with `iouType = "segm"` over `img_ids` (empty = every image of
-/// `gt`, pycocotools' `params.imgIds`).
+/// `gt`, pycocotools' `params.imgIds`). An empty result list scores 0 where there is ground truth
+/// (pycocotools itself refuses an empty list).
 pub fn evaluate_segm(gt: COCO, rows: &[ResultRow], img_ids: &[u64]) -> Result<CocoMetrics, EvalError> {
     let anns: Vec<Annotation> = rows
         .iter()
@@ -240,12 +241,35 @@ pub fn evaluate_segm(gt: COCO, rows: &[ResultRow], img_ids: &[u64]) -> Result<Co
         })
         .collect();
     let dt = gt.load_res_anns(anns).map_err(|e| EvalError::Coco { what: "results".into(), message: e.to_string() })?;
-    evaluate(gt, dt, rows.len(), img_ids)
+    evaluate(gt, dt, IouKind::Segm, img_ids)
+}
+
+/// What a COCO evaluation overlaps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IouKind {
+    /// Masks (`iouType = "segm"`).
+    Segm,
+    /// Boxes (`iouType = "bbox"`).
+    Bbox,
+}
+
+/// Scores a COCO results file against a COCO ground-truth file, as pycocotools'
+/// `COCOeval(COCO(gt), COCO(gt).loadRes(dt), iou_type)` does.
+pub fn evaluate_files(gt: &Path, dt: &Path, kind: IouKind) -> Result<CocoMetrics, EvalError> {
+    let gt = load_ground_truth(gt)?;
+    let results = load_results(&gt, dt)?;
+    evaluate(gt, results, kind, &[])
 }
 
 /// Scores a loaded results set (see [`load_results`]) against `gt` over `img_ids` (empty = all).
-pub fn evaluate(gt: COCO, dt: COCO, detections: usize, img_ids: &[u64]) -> Result<CocoMetrics, EvalError> {
-    let mut ev = COCOeval::new(gt, dt, IouType::Segm);
+pub fn evaluate(gt: COCO, dt: COCO, kind: IouKind, img_ids: &[u64]) -> Result<CocoMetrics, EvalError> {
+    let detections = dt.dataset.annotations.len();
+    let iou = match kind {
+        IouKind::Segm => IouType::Segm,
+        IouKind::Bbox => IouType::Bbox,
+    };
+    let mut ev = COCOeval::new(gt, dt, iou);
     ev.params.img_ids = img_ids.to_vec();
     ev.evaluate().map_err(|e| EvalError::Coco { what: "evaluation".into(), message: e.to_string() })?;
     ev.accumulate();

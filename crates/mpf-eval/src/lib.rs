@@ -8,6 +8,8 @@
 //!   (training curves) as PNG, with an embedded font so nothing depends on system fonts.
 
 pub mod coco;
+pub mod layers;
+pub mod panoptic;
 pub mod semantic;
 pub mod viz;
 

@@ -60,7 +60,7 @@ impl ConfusionMatrix {
             fwiou: percent(s.fwiou),
             macc: percent(s.macc),
             pacc: percent(s.aacc),
-            per_class_iou: s.per_class.iter().map(|c| (c.iou >= 0.0).then(|| 100.0 * c.iou)).collect(),
+            per_class_iou: s.per_class.iter().map(|c| (c.iou >= 0.0).then_some(100.0 * c.iou)).collect(),
             images: self.ev.n_images(),
         }
     }

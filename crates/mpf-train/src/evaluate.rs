@@ -1,7 +1,8 @@
 //! Evaluation of a model on a data set: one image at a time (detectron2's test batch size),
 //! optionally resized (`data.test_short_side`), post-processed for the config's task at the
-//! original image size, and scored — mask AP through hotcoco's COCOeval for `instance` and
-//! `panoptic` configs (panoptic: thing classes only), mIoU for `semantic` configs.
+//! original image size, and scored — mask AP through hotcoco's COCOeval for `instance` configs,
+//! PQ (hotcoco's panopticapi port) plus mask AP over the thing classes for `panoptic` configs,
+//! mIoU for `semantic` configs.
 //!
 //! Speed is measured on the way: the model alone (synchronised) and model + post-processing.
 
@@ -14,12 +15,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mpf_data::Dataset;
 use mpf_data::config::Format;
 use mpf_eval::coco::{self, CocoMetrics, InstancePrediction, ResultRow};
+use mpf_eval::panoptic::{self as pan, PanopticBuilder, PanopticMetrics};
 use mpf_eval::semantic::{ConfusionMatrix, SemanticMetrics};
 use mpf_model::Mask2Former;
 use mpf_model::decoder::DecoderOutput;
 use mpf_model::mask::BinaryMask;
 use mpf_model::model::{ImageBatch, RgbImage};
-use mpf_model::postprocess::{ImageGeometry, Instance, instance_inference, semantic_inference};
+use mpf_model::postprocess::{ImageGeometry, Instance, instance_inference, panoptic_inference, semantic_inference};
 use serde::Serialize;
 
 use crate::config::{ExperimentConfig, Task};
@@ -45,6 +47,9 @@ pub struct Evaluation {
     /// Mask AP (instance and panoptic tasks).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub coco: Option<CocoMetrics>,
+    /// PQ (panoptic task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panoptic: Option<PanopticMetrics>,
     /// mIoU (semantic task).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub semantic: Option<SemanticMetrics>,
@@ -56,12 +61,13 @@ pub struct Evaluation {
 }
 
 impl Evaluation {
-    /// The headline metric in percent: `("AP", 100·AP)` or `("mIoU", mIoU)`. pycocotools' −1
-    /// ("nothing to score") is reported as 0.
+    /// The headline metric in percent: `("PQ", PQ)`, `("AP", 100·AP)` or `("mIoU", mIoU)`.
+    /// "Nothing to score" (pycocotools' −1) is reported as 0.
     pub fn primary(&self) -> (&'static str, f64) {
-        match (&self.coco, &self.semantic) {
-            (Some(c), _) => ("AP", 100.0 * c.ap().max(0.0)),
-            (None, Some(s)) => ("mIoU", s.miou),
+        match (&self.panoptic, &self.coco, &self.semantic) {
+            (Some(p), _, _) => ("PQ", p.all.pq.unwrap_or(0.0)),
+            (None, Some(c), _) => ("AP", 100.0 * c.ap().max(0.0)),
+            (None, None, Some(s)) => ("mIoU", s.miou),
             _ => ("none", 0.0),
         }
     }
@@ -69,6 +75,9 @@ impl Evaluation {
     /// A short printable summary.
     pub fn table(&self) -> String {
         let mut s = String::new();
+        if let Some(p) = &self.panoptic {
+            s += &format!("panoptic quality over {} images:\n{}", p.images, p.table());
+        }
         if let Some(c) = &self.coco {
             s += &format!("mask AP over {} images ({} detections):\n{}", self.images, c.detections, c.table());
         }
@@ -191,12 +200,16 @@ pub fn evaluate<B: Backend>(
     let mut confusion = ConfusionMatrix::new(cfg.model.num_classes, cfg.data.ignore_label as u32);
     let mut image_ids = Vec::with_capacity(n);
     let mut gt = coco::GroundTruthBuilder::new(data.classes());
+    let mut panoptic = PanopticBuilder::new(data.classes());
     let (mut model_s, mut total_s) = (0.0, 0.0);
     for i in 0..n {
         let sample = data.get(i)?;
         image_ids.push(sample.id);
         if cfg.task != Task::Semantic && cfg.data.format != Format::Coco {
             gt.add(&sample);
+        }
+        if cfg.task == Task::Panoptic {
+            panoptic.add_ground_truth(&sample);
         }
         let t0 = Instant::now();
         let out = run_image(model, cfg, &sample.image, &sample.file, device)?;
@@ -205,6 +218,19 @@ pub fn evaluate<B: Backend>(
         let size = [sample.image.height, sample.image.width];
         match cfg.task {
             Task::Instance | Task::Panoptic => {
+                if cfg.task == Task::Panoptic {
+                    let (cls, masks) = out.last();
+                    let r = panoptic_inference(cls, masks, out.geometry, &cfg.test, &cfg.is_thing());
+                    let segments: Vec<(usize, BinaryMask)> = r
+                        .segments
+                        .iter()
+                        .map(|s| {
+                            let data = r.ids.iter().map(|&i| i == s.id).collect();
+                            (s.category_id, BinaryMask { height: size[0], width: size[1], data })
+                        })
+                        .collect();
+                    panoptic.add_prediction(sample.id, &segments);
+                }
                 for inst in instances(&out, cfg) {
                     predictions.push(InstancePrediction {
                         image_id: sample.id,
@@ -225,6 +251,18 @@ pub fn evaluate<B: Backend>(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let panoptic = if cfg.task == Task::Panoptic {
+        let (mut gt_pan, pred) = panoptic.finish();
+        if cfg.data.format == Format::CocoPanoptic {
+            // The original files keep crowd segments, which the reader drops from targets.
+            gt_pan = pan::load(Path::new(&cfg.data.val_annotations), Some(Path::new(&cfg.data.val_panoptic)))?;
+            gt_pan.images.retain(|i| image_ids.contains(&i.id));
+            gt_pan.annotations.retain(|a| image_ids.contains(&a.image_id));
+        }
+        Some(pan::evaluate(gt_pan, pred)?)
+    } else {
+        None
+    };
     let (coco, semantic, rows) = match cfg.task {
         Task::Instance | Task::Panoptic => {
             let rows = coco::result_rows(&predictions, &category_ids)?;
@@ -242,7 +280,7 @@ pub fn evaluate<B: Backend>(
         model_images_per_s: n as f64 / model_s.max(1e-9),
         end_to_end_images_per_s: n as f64 / total_s.max(1e-9),
     };
-    Ok(Evaluation { task: cfg.task, images: n, coco, semantic, speed, rows })
+    Ok(Evaluation { task: cfg.task, images: n, coco, panoptic, semantic, speed, rows })
 }
 
 /// `eval`: a checkpoint on the config's validation split, written to `output`.

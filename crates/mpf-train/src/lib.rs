@@ -12,6 +12,7 @@ pub mod device;
 pub mod evaluate;
 pub mod forward;
 pub mod info;
+pub mod layers;
 pub mod predict;
 pub mod report;
 pub mod solver;

@@ -11,6 +11,7 @@ use mpf_train::device::{BackendTask, DeviceChoice, dispatch};
 use mpf_train::evaluate::EvalTask;
 use mpf_train::forward::ForwardTask;
 use mpf_train::info::model_info;
+use mpf_train::layers::{LayerRun, LayersTask};
 use mpf_train::predict::{PredictOptions, PredictTask};
 use mpf_train::train::{TrainTask, find_checkpoint, run_dir_of};
 
@@ -78,6 +79,56 @@ enum Command {
         /// Folder for results.json and metrics.json (default: CHECKPOINT/eval).
         #[arg(long)]
         output: Option<PathBuf>,
+    },
+    /// Score any COCO-format results file against a COCO ground truth: mask or box AP (pycocotools'
+    /// 12 numbers), or PQ when the ground truth is a COCO panoptic JSON.
+    CocoEval {
+        /// Ground truth: COCO instances JSON, or COCO panoptic JSON (detected by `segments_info`).
+        #[arg(long)]
+        gt: PathBuf,
+        /// Results: a COCO results JSON array, or a COCO panoptic predictions JSON.
+        #[arg(long)]
+        dt: PathBuf,
+        /// What instance results overlap: segm (masks) or bbox (boxes).
+        #[arg(long, value_enum, default_value = "segm")]
+        iou_type: IouArg,
+        /// Panoptic PNG folder of the ground truth (default: the JSON's path without `.json`).
+        #[arg(long)]
+        gt_folder: Option<PathBuf>,
+        /// Panoptic PNG folder of the results (default: the JSON's path without `.json`).
+        #[arg(long)]
+        dt_folder: Option<PathBuf>,
+        /// Also write the metrics as JSON here.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// MP-Former's layer-consistency analysis: Util^i (against the last and the previous
+    /// prediction) and mIoU-L^i for one or more checkpoints, as JSON and PNG plots.
+    Layers {
+        /// Checkpoint folders to compare (repeatable).
+        #[arg(long = "checkpoint", required = true)]
+        checkpoints: Vec<PathBuf>,
+        /// A name per checkpoint for the plots (default: RUN/CHECKPOINT folder names).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Override one config key of every checkpoint (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A COCO instance or panoptic JSON to analyse instead of the configs' validation split.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Image folder for --data (default: the JSON's folder).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Images per checkpoint (0 = all).
+        #[arg(long, default_value_t = 0)]
+        max_images: usize,
+        /// Device: flex, wgpu, cuda or cuda:N.
+        #[arg(long, default_value = "flex")]
+        device: String,
+        /// Folder for layers.json, util.png and miou_l.png.
+        #[arg(long, default_value = "runs/layers")]
+        output: PathBuf,
     },
     /// Run a checkpoint on images: overlay PNGs and masks as COCO RLE JSON.
     Predict {
@@ -187,6 +238,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IouArg {
+    Segm,
+    Bbox,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -356,6 +413,72 @@ fn main() -> anyhow::Result<()> {
             println!("metrics: {}", output.join("metrics.json").display());
             if !ev.rows.is_empty() || ev.coco.is_some() {
                 println!("results: {}", output.join("results.json").display());
+            }
+        }
+        Command::CocoEval { gt, dt, iou_type, gt_folder, dt_folder, output } => {
+            let text = std::fs::read_to_string(&gt).with_context(|| format!("cannot read {}", gt.display()))?;
+            let json = if text.contains("\"segments_info\"") {
+                let g = mpf_eval::panoptic::load(&gt, gt_folder.as_deref())?;
+                let d = mpf_eval::panoptic::load(&dt, dt_folder.as_deref())?;
+                let m = mpf_eval::panoptic::evaluate(g, d)?;
+                print!("{}", m.table());
+                serde_json::to_string_pretty(&m)?
+            } else {
+                let kind = match iou_type {
+                    IouArg::Segm => mpf_eval::coco::IouKind::Segm,
+                    IouArg::Bbox => mpf_eval::coco::IouKind::Bbox,
+                };
+                let m = mpf_eval::coco::evaluate_files(&gt, &dt, kind)?;
+                print!("{}", m.table());
+                serde_json::to_string_pretty(&m)?
+            };
+            if let Some(path) = output {
+                std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+                println!("metrics: {}", path.display());
+            }
+        }
+        Command::Layers { checkpoints, labels, set, data, images, max_images, device, output } => {
+            anyhow::ensure!(
+                labels.is_empty() || labels.len() == checkpoints.len(),
+                "give one --label per --checkpoint ({} labels for {} checkpoints)",
+                labels.len(),
+                checkpoints.len()
+            );
+            let mut sets = set.clone();
+            if let Some(path) = &data {
+                sets.extend(coco_data_overrides(path, images.as_deref(), "val")?);
+            }
+            let runs = checkpoints
+                .iter()
+                .enumerate()
+                .map(|(k, ck)| {
+                    let label = labels.get(k).cloned().unwrap_or_else(|| {
+                        let name = |p: &std::path::Path| {
+                            p.file_name().map_or(String::new(), |n| n.to_string_lossy().to_string())
+                        };
+                        // RUN/best or RUN/checkpoints/step_N → "RUN/best", "RUN/step_N".
+                        let run = match ck.parent() {
+                            Some(p) if p.join("metrics.jsonl").exists() => p.to_path_buf(),
+                            _ => run_dir_of(ck),
+                        };
+                        if run == *ck { name(ck) } else { format!("{}/{}", name(&run), name(ck)) }
+                    });
+                    Ok(LayerRun { label, checkpoint: ck.clone(), config: mpf_train::checkpoint::config_of(ck, &sets)? })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (reports, files) = dispatch(device.parse()?, LayersTask { runs, max_images, output, progress: true })??;
+            for r in &reports {
+                let m = &r.metrics;
+                println!("{} ({} images, {} objects):", r.label, m.images, m.objects);
+                println!("  layer i        {}", (1..=m.util_last.len()).map(|i| format!("{i:>6}")).collect::<String>());
+                for (name, v) in
+                    [("Util^i vs last", &m.util_last), ("Util^i vs prev", &m.util_prev), ("mIoU-L^i", &m.miou_l)]
+                {
+                    println!("  {name:<15}{}", v.iter().map(|x| format!("{x:>6.3}")).collect::<String>());
+                }
+            }
+            for f in files {
+                println!("wrote {}", f.display());
             }
         }
         Command::Predict { checkpoint, set, input, output, layers, min_score, device } => {

@@ -243,3 +243,36 @@ fn train_resume_eval_and_predict_from_the_command_line() {
     let (ok, _, stderr) = run(bin().arg("train").arg("--resume").arg(dir.path().join("s")));
     assert!(!ok && stderr.contains("holds no checkpoint"), "{stderr}");
 }
+
+#[test]
+fn coco_eval_scores_files_as_the_references() {
+    let fx = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/eval");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.json");
+    let (ok, stdout, stderr) = run(bin()
+        .args(["coco-eval", "--iou-type", "bbox", "--gt"])
+        .arg(fx.join("instances_gt.json"))
+        .arg("--dt")
+        .arg(fx.join("instances_results.json"))
+        .arg("--output")
+        .arg(&out));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("(AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 0.538"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fx.join("instances_expected.json")).unwrap()).unwrap();
+    assert!((v["stats"]["AP"].as_f64().unwrap() - want["bbox"][0].as_f64().unwrap()).abs() < 1e-6);
+    let (ok, stdout, stderr) = run(bin()
+        .args(["coco-eval", "--gt"])
+        .arg(fx.join("panoptic_gt.json"))
+        .arg("--dt")
+        .arg(fx.join("panoptic_pred.json")));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("PQ") && stdout.contains("58.2"), "{stdout}");
+    let (ok, _, stderr) = run(bin()
+        .args(["coco-eval", "--gt"])
+        .arg(fx.join("nope.json"))
+        .arg("--dt")
+        .arg(fx.join("instances_results.json")));
+    assert!(!ok && stderr.contains("nope.json"), "{stderr}");
+}
