@@ -37,6 +37,37 @@ struct ConfigArgs {
     set: Vec<String>,
 }
 
+/// What a checkpoint is evaluated on, shared by `eval` and `layers`.
+#[derive(clap::Args)]
+struct EvalData {
+    /// Override a config key of the checkpoint(s) (repeatable), e.g. `--set data.test_short_side=800`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// A COCO instance or panoptic JSON to use instead of the config's validation split.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Image folder for --data (default: the JSON's folder).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// At most this many images (0 = all).
+    #[arg(long, default_value_t = 0)]
+    max_images: usize,
+    /// Device: flex, wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "flex")]
+    device: String,
+}
+
+impl EvalData {
+    /// `--set` overrides with `--data` turned into `[data]` keys of the validation split.
+    fn overrides(&self) -> anyhow::Result<Vec<String>> {
+        let mut sets = self.set.clone();
+        if let Some(path) = &self.data {
+            sets.extend(coco_data_overrides(path, self.images.as_deref(), "val")?);
+        }
+        Ok(sets)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Train a model (Mask2Former, MP-Former or an appendix-C variant, as the config says).
@@ -55,27 +86,14 @@ enum Command {
         #[arg(long)]
         resume: Option<PathBuf>,
     },
-    /// Evaluate a checkpoint: COCO results JSON + mask AP (instance, panoptic) or mIoU (semantic),
+    /// Evaluate a checkpoint: COCO results JSON + mask AP (instance), PQ + mask AP (panoptic) or mIoU (semantic),
     /// and images per second with and without post-processing.
     Eval {
         /// Checkpoint folder (its config.toml is used).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Override one config key (repeatable), e.g. `--set data.test_short_side=800`.
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// A COCO instance JSON to evaluate on instead of the config's validation split.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Image folder for --data (default: the JSON's folder).
-        #[arg(long)]
-        images: Option<PathBuf>,
-        /// Evaluate at most this many images (0 = all).
-        #[arg(long, default_value_t = 0)]
-        max_images: usize,
-        /// Device: flex, wgpu, cuda or cuda:N.
-        #[arg(long, default_value = "flex")]
-        device: String,
+        #[command(flatten)]
+        on: EvalData,
         /// Folder for results.json and metrics.json (default: CHECKPOINT/eval).
         #[arg(long)]
         output: Option<PathBuf>,
@@ -111,21 +129,8 @@ enum Command {
         /// A name per checkpoint for the plots (default: RUN/CHECKPOINT folder names).
         #[arg(long = "label")]
         labels: Vec<String>,
-        /// Override one config key of every checkpoint (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// A COCO instance or panoptic JSON to analyse instead of the configs' validation split.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// Image folder for --data (default: the JSON's folder).
-        #[arg(long)]
-        images: Option<PathBuf>,
-        /// Images per checkpoint (0 = all).
-        #[arg(long, default_value_t = 0)]
-        max_images: usize,
-        /// Device: flex, wgpu, cuda or cuda:N.
-        #[arg(long, default_value = "flex")]
-        device: String,
+        #[command(flatten)]
+        on: EvalData,
         /// Folder for layers.json, util.png and miou_l.png.
         #[arg(long, default_value = "runs/layers")]
         output: PathBuf,
@@ -400,12 +405,9 @@ fn main() -> anyhow::Result<()> {
             };
             run_training(TrainTask { config: cfg, output, resume: resume_ckpt, progress: true }, &device)?;
         }
-        Command::Eval { checkpoint, set, data, images, max_images, device, output } => {
-            let mut sets = set.clone();
-            if let Some(path) = &data {
-                sets.extend(coco_data_overrides(path, images.as_deref(), "val")?);
-            }
-            let cfg = mpf_train::checkpoint::config_of(&checkpoint, &sets)?;
+        Command::Eval { checkpoint, on, output } => {
+            let cfg = mpf_train::checkpoint::config_of(&checkpoint, &on.overrides()?)?;
+            let (max_images, device) = (on.max_images, on.device);
             let output = output.unwrap_or_else(|| checkpoint.join("eval"));
             let task = EvalTask { checkpoint, config: cfg, max_images, output: output.clone() };
             let ev = dispatch(device.parse()?, task)??;
@@ -437,17 +439,15 @@ fn main() -> anyhow::Result<()> {
                 println!("metrics: {}", path.display());
             }
         }
-        Command::Layers { checkpoints, labels, set, data, images, max_images, device, output } => {
+        Command::Layers { checkpoints, labels, on, output } => {
             anyhow::ensure!(
                 labels.is_empty() || labels.len() == checkpoints.len(),
                 "give one --label per --checkpoint ({} labels for {} checkpoints)",
                 labels.len(),
                 checkpoints.len()
             );
-            let mut sets = set.clone();
-            if let Some(path) = &data {
-                sets.extend(coco_data_overrides(path, images.as_deref(), "val")?);
-            }
+            let sets = on.overrides()?;
+            let (max_images, device) = (on.max_images, on.device.clone());
             let runs = checkpoints
                 .iter()
                 .enumerate()
