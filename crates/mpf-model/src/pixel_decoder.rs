@@ -11,7 +11,7 @@ use crate::backbone::BackboneFeatures;
 use crate::deform_attn::{MSDeformAttn, MSDeformAttnConfig};
 use crate::init::{LinearInit, c2_xavier, linear, zero_conv_bias};
 use crate::position::sine_encoding;
-use crate::resize::bilinear;
+use crate::resize::bilinear_matmul;
 
 /// Number of levels the deformable encoder attends over (res5, res4, res3).
 pub const NUM_LEVELS: usize = 3;
@@ -228,7 +228,7 @@ impl<B: Backend> PixelDecoder<B> {
         }
         let [_, _, h4, w4] = features.res2.dims();
         let finest = multi_scale_features[NUM_LEVELS - 1].clone();
-        let y = self.lateral.forward(features.res2.clone()) + bilinear(finest, [h4, w4]);
+        let y = self.lateral.forward(features.res2.clone()) + bilinear_matmul(finest, [h4, w4]);
         let y = relu(self.output.forward(y));
         PixelDecoderOutput { mask_features: self.mask_features.forward(y), multi_scale_features }
     }
