@@ -157,6 +157,17 @@ fn ten_steps_then_resume_ten_equals_twenty_steps() {
     assert_eq!(ev.primary().0, "PQ");
     assert!(ev.coco.is_some());
 
+    // Semantic post-processing: mIoU over the object pixels (the rest is ignored).
+    let mut sem_cfg = cfg.clone();
+    sem_cfg.task = mpformer::train::config::Task::Semantic;
+    let ev = EvalTask { checkpoint: ck.clone(), config: sem_cfg, max_images: 2, output: dir.path().join("evs") }
+        .run::<Flex>(FlexDevice, "flex")
+        .unwrap();
+    let s = ev.semantic.as_ref().unwrap();
+    assert_eq!((s.images, s.per_class_iou.len()), (2, 5));
+    assert_eq!(ev.primary(), ("mIoU", s.miou));
+    assert!(ev.table().contains("IoU per class") && ev.table().contains("disc"));
+
     // Layer consistency of two checkpoints of the run.
     let runs = ["checkpoints/step_00000015", "checkpoints/step_00000020"]
         .iter()

@@ -58,6 +58,9 @@ pub struct Evaluation {
     /// The COCO results rows (instance and panoptic tasks).
     #[serde(skip)]
     pub rows: Vec<ResultRow>,
+    /// Class names, for the tables.
+    #[serde(skip)]
+    pub class_names: Vec<String>,
 }
 
 impl Evaluation {
@@ -83,9 +86,16 @@ impl Evaluation {
         }
         if let Some(m) = &self.semantic {
             s += &format!(
-                "semantic over {} images: mIoU {:.2}  fwIoU {:.2}  mACC {:.2}  pACC {:.2}\n",
+                "semantic over {} images: mIoU {:.2}  fwIoU {:.2}  mACC {:.2}  pACC {:.2}\nIoU per class:\n",
                 self.images, m.miou, m.fwiou, m.macc, m.pacc
             );
+            for (k, iou) in m.per_class_iou.iter().enumerate() {
+                let name = self.class_names.get(k).cloned().unwrap_or_else(|| format!("class_{k}"));
+                s += &match iou {
+                    Some(v) => format!("  {name:<24} {v:6.2}\n"),
+                    None => format!("  {name:<24}      – (absent)\n"),
+                };
+            }
         }
         s += &format!(
             "speed on {}: {:.2} images/s model only, {:.2} images/s with post-processing\n",
@@ -280,7 +290,8 @@ pub fn evaluate<B: Backend>(
         model_images_per_s: n as f64 / model_s.max(1e-9),
         end_to_end_images_per_s: n as f64 / total_s.max(1e-9),
     };
-    Ok(Evaluation { task: cfg.task, images: n, coco, panoptic, semantic, speed, rows })
+    let class_names = data.classes().iter().map(|c| c.name.clone()).collect();
+    Ok(Evaluation { task: cfg.task, images: n, coco, panoptic, semantic, speed, rows, class_names })
 }
 
 /// `eval`: a checkpoint on the config's validation split, written to `output`.
