@@ -17,6 +17,7 @@ use mpformer::train::device::BackendTask;
 use mpformer::train::evaluate::EvalTask;
 use mpformer::train::layers::{LayerRun, LayersTask};
 use mpformer::train::predict::{PredictOptions, PredictTask};
+use mpformer::train::report::read_curves;
 use mpformer::train::solver::{clip_global, grad_norm, param_groups};
 use mpformer::train::train::{TrainTask, find_checkpoint};
 
@@ -119,14 +120,8 @@ fn ten_steps_then_resume_ten_equals_twenty_steps() {
     let trained = checkpoint::load::<Flex>(&a.join("checkpoints/step_00000020"), &twenty, &FlexDevice).unwrap();
     assert_ne!(trained.model.decoder.query_feat.val().into_data().convert::<f32>().to_vec::<f32>().unwrap(), init);
     // The resumed run's log has each step once.
-    let log = std::fs::read_to_string(b.join("metrics.jsonl")).unwrap();
-    let steps: Vec<u64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|l| l["type"] == "train")
-        .map(|l| l["step"].as_u64().unwrap())
-        .collect();
-    assert_eq!(steps, [5, 10, 15, 20]);
+    let steps: Vec<f64> = read_curves(&b.join("metrics.jsonl")).unwrap().loss.iter().map(|p| p.0).collect();
+    assert_eq!(steps, [5.0, 10.0, 15.0, 20.0]);
     // A finished run refuses a fresh start in the same folder.
     let e = train(twenty, &b, None).unwrap_err().to_string();
     assert!(e.contains("--resume"), "{e}");
@@ -292,13 +287,7 @@ fn trains_on_wgpu() {
         .unwrap();
     assert_eq!(r.final_step, 2);
     assert!(dir.path().join("checkpoints/step_00000002/optim-0.mpk").exists());
-    let log = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = log
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|l| l["type"] == "train")
-        .map(|l| l["loss"].as_f64().unwrap())
-        .collect();
+    let losses: Vec<f64> = read_curves(&dir.path().join("metrics.jsonl")).unwrap().loss.iter().map(|p| p.1).collect();
     assert_eq!(losses.len(), 2);
     assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
 }
