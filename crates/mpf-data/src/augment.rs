@@ -90,15 +90,22 @@ pub fn flip(mut s: Sample) -> Sample {
     s
 }
 
+/// Resizes an RGB image to `[h, w]` (triangle filter); unchanged when it already has that size.
+pub fn resize_image(img: RgbImage, [h, w]: [usize; 2]) -> RgbImage {
+    if [img.height, img.width] == [h, w] {
+        return img;
+    }
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels)
+        .expect("image buffer matches its size");
+    let out = image::imageops::resize(&buf, w as u32, h as u32, FilterType::Triangle);
+    RgbImage { height: h, width: w, pixels: out.into_raw() }
+}
+
 /// Resizes image (triangle filter) and masks (nearest) to `[h, w]`.
 pub fn resize(mut s: Sample, [h, w]: [usize; 2]) -> Sample {
     if [s.image.height, s.image.width] == [h, w] {
         return s;
     }
-    let buf =
-        image::RgbImage::from_raw(s.image.width as u32, s.image.height as u32, std::mem::take(&mut s.image.pixels))
-            .expect("sample image buffer matches its size");
-    let out = image::imageops::resize(&buf, w as u32, h as u32, FilterType::Triangle);
     let (sh, sw) = (s.image.height, s.image.width);
     let rows: Vec<usize> = (0..h).map(|y| (((y as f64 + 0.5) * sh as f64 / h as f64) as usize).min(sh - 1)).collect();
     let cols: Vec<usize> = (0..w).map(|x| (((x as f64 + 0.5) * sw as f64 / w as f64) as usize).min(sw - 1)).collect();
@@ -111,7 +118,8 @@ pub fn resize(mut s: Sample, [h, w]: [usize; 2]) -> Sample {
         }
         o.mask = BinaryMask { height: h, width: w, data };
     }
-    s.image = RgbImage { height: h, width: w, pixels: out.into_raw() };
+    s.image =
+        resize_image(std::mem::replace(&mut s.image, RgbImage { height: 0, width: 0, pixels: Vec::new() }), [h, w]);
     s.objects.retain(|o| o.mask.area() > 0);
     s
 }

@@ -174,6 +174,19 @@ pub struct PanopticResult {
     pub segments: Vec<Segment>,
 }
 
+impl PanopticResult {
+    /// Each segment's class and mask (`ids == id`) on the `[height, width]` map, in id order.
+    pub fn segment_masks(&self, [h, w]: [usize; 2]) -> Vec<(usize, crate::mask::BinaryMask)> {
+        self.segments
+            .iter()
+            .map(|s| {
+                let data = self.ids.iter().map(|&i| i == s.id).collect();
+                (s.category_id, crate::mask::BinaryMask { height: h, width: w, data })
+            })
+            .collect()
+    }
+}
+
 /// Panoptic merging on host data (spec §2.7).
 ///
 /// - `probs`: `Q × (K+1)` softmax probabilities; `mask_probs`: `Q × N` sigmoid mask probabilities

@@ -13,6 +13,7 @@ use anyhow::Context;
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
 use mpf_data::Dataset;
+use mpf_data::augment::resize_image;
 use mpf_data::config::Format;
 use mpf_eval::coco::{self, CocoMetrics, InstancePrediction, ResultRow};
 use mpf_eval::panoptic::{self as pan, PanopticBuilder, PanopticMetrics};
@@ -128,17 +129,6 @@ impl<B: Backend> ImageOutput<B> {
     }
 }
 
-/// Resizes an RGB image (triangle filter).
-pub fn resize_image(img: &RgbImage, [h, w]: [usize; 2]) -> RgbImage {
-    if [img.height, img.width] == [h, w] {
-        return img.clone();
-    }
-    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels.clone())
-        .expect("image buffer matches its size");
-    let out = image::imageops::resize(&buf, w as u32, h as u32, image::imageops::FilterType::Triangle);
-    RgbImage { height: h, width: w, pixels: out.into_raw() }
-}
-
 /// Runs the model on one image at the config's test size; results map back to the image's size.
 pub fn run_image<B: Backend>(
     model: &Mask2Former<B>,
@@ -148,7 +138,7 @@ pub fn run_image<B: Backend>(
     device: &B::Device,
 ) -> anyhow::Result<ImageOutput<B>> {
     let size = [img.height, img.width];
-    let resized = resize_image(img, cfg.data.test_size(size));
+    let resized = resize_image(img.clone(), cfg.data.test_size(size));
     let batch = ImageBatch::<B>::from_images(std::slice::from_ref(&resized), &cfg.input, device)
         .with_context(|| format!("image {item}"))?;
     let [_, _, hp, wp] = batch.images.dims();
@@ -231,15 +221,7 @@ pub fn evaluate<B: Backend>(
                 if cfg.task == Task::Panoptic {
                     let (cls, masks) = out.last();
                     let r = panoptic_inference(cls, masks, out.geometry, &cfg.test, &cfg.is_thing());
-                    let segments: Vec<(usize, BinaryMask)> = r
-                        .segments
-                        .iter()
-                        .map(|s| {
-                            let data = r.ids.iter().map(|&i| i == s.id).collect();
-                            (s.category_id, BinaryMask { height: size[0], width: size[1], data })
-                        })
-                        .collect();
-                    panoptic.add_prediction(sample.id, &segments);
+                    panoptic.add_prediction(sample.id, &r.segment_masks(size));
                 }
                 for inst in instances(&out, cfg) {
                     predictions.push(InstancePrediction {

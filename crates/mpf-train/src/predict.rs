@@ -18,7 +18,8 @@ use serde::Serialize;
 
 use crate::config::{ExperimentConfig, Task};
 use crate::device::BackendTask;
-use crate::evaluate::{ImageOutput, instances, progress, resize_image, run_image};
+use crate::evaluate::{ImageOutput, instances, progress, run_image};
+use mpf_data::augment::resize_image;
 
 /// One predicted mask in the JSON output.
 #[derive(Debug, Clone, Serialize)]
@@ -96,13 +97,7 @@ pub fn predictions<B: Backend>(
         Task::Panoptic => {
             let (cls, masks) = out.last();
             let pan = panoptic_inference(cls, masks, out.geometry, &cfg.test, &cfg.is_thing());
-            pan.segments
-                .iter()
-                .map(|s| {
-                    let data: Vec<bool> = pan.ids.iter().map(|&i| i == s.id).collect();
-                    record(s.category_id, 1.0, None, BinaryMask { height: h, width: w, data })
-                })
-                .collect()
+            pan.segment_masks([h, w]).into_iter().map(|(label, m)| record(label, 1.0, None, m)).collect()
         }
     }
 }
@@ -156,16 +151,28 @@ pub fn layer_strip<B: Backend>(
     let n_pred = out.output.predictions.len();
     let [h, w] = out.geometry.output;
     let ch = (h * cell / w.max(1)).max(1);
-    let small = resize_image(img, [ch, cell]);
+    let small = resize_image(img.clone(), [ch, cell]);
     let small_geo = mpf_model::postprocess::ImageGeometry { output: [ch, cell], ..out.geometry };
     let (gw, gh) = (cell * n_pred, ch * queries.len().max(1));
     let mut grid = vec![255u8; gw * gh * 3];
+    if queries.is_empty() {
+        return Ok(RgbImage { height: gh, width: gw, pixels: grid });
+    }
+    let device = out.output.predictions[0].mask_logits.device();
+    let shown = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(queries.iter().map(|&q| q as i64).collect::<Vec<_>>(), [queries.len()]),
+        &device,
+    );
     for i in 0..n_pred {
         let (cls, masks) = out.prediction(i);
         let k1 = cls.dims()[1];
         let probs: Vec<f32> = softmax(cls, 1).into_data().convert::<f32>().to_vec().unwrap_or_default();
-        let maps: Vec<f32> =
-            resize_to_output(masks, small_geo).into_data().convert::<f32>().to_vec().unwrap_or_default();
+        // Only the shown queries are resized.
+        let maps: Vec<f32> = resize_to_output(masks.select(0, shown.clone()), small_geo)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
         for (row, &q) in queries.iter().enumerate() {
             let p = &probs[q * k1..(q + 1) * k1];
             let label = (0..k1).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
@@ -173,7 +180,7 @@ pub fn layer_strip<B: Backend>(
             let mask = BinaryMask {
                 height: ch,
                 width: cell,
-                data: maps[q * n..(q + 1) * n].iter().map(|&v| v > 0.0).collect(),
+                data: maps[row * n..(row + 1) * n].iter().map(|&v| v > 0.0).collect(),
             };
             let text = if label + 1 == k1 {
                 format!("q{q} p{i} void")
