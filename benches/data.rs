@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use mpformer::criterion::{Criterion, CriterionStreams, ImageTargets};
+use mpformer::criterion::{Criterion, CriterionStreams};
 use mpformer::data::loader::{Loader, plan};
 use mpformer::data::synth::SynthDataset;
 use mpformer::data::{BinaryMask, Dataset};
@@ -45,9 +45,6 @@ fn main() {
     let model = MpFormer::<AD>::new(cfg.model.init(&device).unwrap(), &cfg.pilot, &device);
     let crit = Criterion::new(cfg.loss.clone()).unwrap();
     let images = batch.images_tensor::<AD>(&cfg.input, &device).unwrap().images;
-    let targets: Vec<ImageTargets<AD>> = (0..batch.images.len())
-        .map(|b| ImageTargets { labels: batch.labels(b), masks: batch.masks_tensor(b, &device) })
-        .collect();
     let gt: Vec<GtObjects> = batch
         .objects
         .iter()
@@ -60,7 +57,7 @@ fn main() {
     for step in 0..6u64 {
         let t = Instant::now();
         let out = model.forward_train(images.clone(), &gt, &cfg.pilot, &mut PilotStreams::for_step(0, step));
-        let losses = crit.forward(&out, &targets, &cfg.pilot, &mut CriterionStreams::for_step(0, step)).unwrap();
+        let losses = crit.forward(&out, &gt, &cfg.pilot, &mut CriterionStreams::for_step(0, step)).unwrap();
         let _grads = losses.total().backward();
         if step > 0 {
             ms.push(t.elapsed().as_secs_f64() * 1e3);

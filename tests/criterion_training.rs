@@ -1,5 +1,5 @@
 //! The criterion on a real (tiny) model under autodiff: gradients reach the heads (and the MP
-//! class embedding) but not through the matcher, and a tiny model overfits two synthetic images
+//! class embedding), the matcher assigns every object, and a tiny model overfits two synthetic images
 //! with and without mask piloting.
 
 mod common;
@@ -9,13 +9,10 @@ use burn::module::AutodiffModule;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
 use common::*;
-use mpformer::criterion::matcher::{MatcherWeights, cost_matrix};
-use mpformer::criterion::points::uncertain_points;
-use mpformer::criterion::{Criterion, CriterionStreams, ImageTargets, LossConfig};
+use mpformer::criterion::{Criterion, CriterionStreams, LossConfig};
 use mpformer::pilot::forward::{GtObjects, MpFormer, PilotStreams};
 use mpformer::pilot::masks::BinaryMask;
 use mpformer::train::config::ExperimentConfig;
-use rand::SeedableRng;
 
 type AD = Autodiff<Flex>;
 
@@ -52,33 +49,14 @@ fn synthetic() -> (Vec<f32>, Vec<Vec<(usize, BinaryMask)>>) {
     (pixels, objects)
 }
 
-fn targets<B: Backend>(
-    objects: &[Vec<(usize, BinaryMask)>],
-    device: &B::Device,
-) -> (Vec<ImageTargets<B>>, Vec<GtObjects>) {
-    let t = objects
-        .iter()
-        .map(|objs| {
-            let (h, w) = (objs[0].1.height, objs[0].1.width);
-            let data: Vec<f32> = objs.iter().flat_map(|(_, m)| m.data.iter().map(|&v| v as u8 as f32)).collect();
-            ImageTargets {
-                labels: objs.iter().map(|o| o.0).collect(),
-                masks: Some(Tensor::<B, 1>::from_data(TensorData::new(data, [objs.len() * h * w]), device).reshape([
-                    objs.len(),
-                    h,
-                    w,
-                ])),
-            }
-        })
-        .collect();
-    let gt = objects
+fn targets(objects: &[Vec<(usize, BinaryMask)>]) -> Vec<GtObjects> {
+    objects
         .iter()
         .map(|objs| GtObjects {
             labels: objs.iter().map(|o| o.0).collect(),
             masks: objs.iter().map(|o| o.1.clone()).collect(),
         })
-        .collect();
-    (t, gt)
+        .collect()
 }
 
 fn net(cfg: &ExperimentConfig, device: &burn::backend::flex::FlexDevice) -> MpFormer<AD> {
@@ -91,15 +69,15 @@ fn images(pixels: &[f32], device: &burn::backend::flex::FlexDevice) -> Tensor<AD
 }
 
 #[test]
-fn gradients_reach_the_heads_and_the_mp_embedding_but_not_the_matcher() {
+fn gradients_reach_the_heads_and_the_mp_embedding() {
     let device = Default::default();
     let cfg = load("synthetic/tiny_mpformer.toml");
     let model = net(&cfg, &device);
     let (pixels, objects) = synthetic();
-    let (t, gt) = targets::<AD>(&objects, &device);
+    let gt = targets(&objects);
     let out = model.forward_train(images(&pixels, &device), &gt, &cfg.pilot, &mut PilotStreams::for_step(0, 0));
     let crit = Criterion::new(LossConfig { num_points: 256, ..LossConfig::default() }).unwrap();
-    let losses = crit.forward(&out, &t, &cfg.pilot, &mut CriterionStreams::for_step(0, 0)).unwrap();
+    let losses = crit.forward(&out, &gt, &cfg.pilot, &mut CriterionStreams::for_step(0, 0)).unwrap();
     let grads = losses.total().backward();
     let norm =
         |p: &burn::module::Param<Tensor<AD, 2>>| p.grad(&grads).map(|g| g.abs().sum().into_scalar()).unwrap_or(0.0);
@@ -109,35 +87,10 @@ fn gradients_reach_the_heads_and_the_mp_embedding_but_not_the_matcher() {
     assert!(norm(&model.label_enc.as_ref().unwrap().weight) > 0.0, "MP class embedding");
     assert!(norm(&model.model.decoder.query_feat) > 0.0, "matching queries");
 
-    // The matcher and the point selection see detached values.
-    let last = out.output.predictions.last().unwrap();
-    let cost = cost_matrix(
-        last.class_logits.clone().narrow(0, 0, 1).reshape([cfg.model.decoder.num_queries + 2, 6]),
-        last.mask_logits.clone().narrow(0, 0, 1).reshape([cfg.model.decoder.num_queries + 2, 16, 16]),
-        &[0, 1],
-        t[0].masks.clone().unwrap(),
-        Tensor::<AD, 3>::full([1, 8, 2], 0.5, &device),
-        &MatcherWeights { class: 2.0, mask: 5.0, dice: 5.0, num_points: 8 },
-    );
-    let through_cost = cost.sum().backward();
-    assert!(norm_of(&heads.class_embed.weight, &through_cost) == 0.0, "no gradient through the matcher");
-    let pts = uncertain_points(
-        last.mask_logits.clone().narrow(1, 0, 1),
-        16,
-        3.0,
-        0.75,
-        &mut rand::rngs::StdRng::seed_from_u64(0),
-    );
-    let through_points = pts.sum().backward();
-    assert!(norm_of(&heads.mask_embed[0].weight, &through_points) == 0.0, "points are chosen without gradient");
-}
-
-/// Sum of |gradient| of a parameter (0 when it got none).
-fn norm_of(
-    p: &burn::module::Param<Tensor<AD, 2>>,
-    grads: &<AD as burn::tensor::backend::AutodiffBackend>::Gradients,
-) -> f32 {
-    p.grad(grads).map(|g| g.abs().sum().into_scalar()).unwrap_or(0.0)
+    // The matcher assigns every object of both images at every prediction.
+    let matching = crit.match_predictions(&out, &gt, &mut CriterionStreams::for_step(0, 0)).unwrap();
+    assert_eq!(matching.assignments.len(), 10);
+    assert!(matching.assignments.iter().all(|a| a.len() == 2 && a.iter().all(|x| x.len() == 2)));
 }
 
 /// Trains `steps` Adam steps on the two images; returns (first loss, mean of the last 10).
@@ -146,13 +99,13 @@ fn overfit(rel: &str, steps: usize) -> (f64, f64) {
     let cfg = load(rel);
     let mut model = net(&cfg, &device);
     let (pixels, objects) = synthetic();
-    let (t, gt) = targets::<AD>(&objects, &device);
+    let gt = targets(&objects);
     let crit = Criterion::new(LossConfig { num_points: 512, ..LossConfig::default() }).unwrap();
     let mut optim = AdamConfig::new().init();
     let mut history = Vec::new();
     for step in 0..steps as u64 {
         let out = model.forward_train(images(&pixels, &device), &gt, &cfg.pilot, &mut PilotStreams::for_step(0, step));
-        let losses = crit.forward(&out, &t, &cfg.pilot, &mut CriterionStreams::for_step(0, step)).unwrap();
+        let losses = crit.forward(&out, &gt, &cfg.pilot, &mut CriterionStreams::for_step(0, step)).unwrap();
         // Only the matching part's losses are compared, so runs with and without MP are comparable.
         let report = losses.report();
         history

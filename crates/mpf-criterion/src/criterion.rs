@@ -1,22 +1,40 @@
 //! The set criterion (spec §2.6, §3.8, appendix C): Hungarian-matched class / BCE / dice losses on
 //! the matching part of every prediction, direct-assignment losses on the MP part, and the
 //! appendix's two naive baselines as switches.
+//!
+//! # How it is computed
+//! Every term of every prediction is computed in one pass rather than prediction by prediction
+//! (the training step is bound by the number of operations, not by arithmetic):
+//!
+//! - **Matching** ([`Criterion::match_predictions`]): the cost matrices of all predictions and
+//!   images come from one batched computation on the inner (non-autodiff) backend
+//!   ([`crate::matcher::cost_matrices`]), then `lsap` solves each on the host.
+//! - **Class terms**: the class logits of all supervised predictions are stacked, one
+//!   log-softmax and one gather give every query's log-probability of its target, and a fixed
+//!   `[terms, rows]` matrix of weights (PyTorch's weighted mean per term) reduces them to the
+//!   `ce_i` / `mp_ce_i` values.
+//! - **Mask terms**: the mask rows of every (prediction, query) pair that is supervised — matched
+//!   queries, MP slots, appendix C's consistency pairs — are selected into one `[R, h·w]` tensor.
+//!   Their importance-sampled points and GT labels at those points are computed on the host from
+//!   the rows' detached values and the GT masks (named random streams, drawn in a fixed order), and
+//!   the rows are sampled by one gather of bilinear corners ([`crate::points::gather_points`]).
+//!   BCE and dice per row, then one weight matrix, give every `mask_i` / `dice_i` / `mp_…` term.
 
 use std::collections::BTreeMap;
 
 use burn::prelude::*;
-use mpf_model::decoder::Prediction;
+use burn::tensor::backend::AutodiffBackend;
 use mpf_model::rng::{Stream, stream};
 use mpf_pilot::config::PilotConfig;
-use mpf_pilot::forward::PilotedOutput;
-use mpf_pilot::layout::MpLayout;
+use mpf_pilot::forward::{GtObjects, PilotedOutput};
 use rand::rngs::StdRng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::CriterionError;
-use crate::losses::{dice, sigmoid_bce, weighted_cross_entropy};
-use crate::matcher::{Assignment, MatchStats, MatcherWeights, match_prediction, matcher_points};
-use crate::points::{point_sample, uncertain_points};
+use crate::losses::{bce_rows, dice_rows, target_log_probs};
+use crate::matcher::{Assignment, MatchStats, MatchTarget, MatcherWeights, match_predictions, matcher_points};
+use crate::points::{Corners, ImportanceDraw, gather_points, importance_points, sample_mask, sample_plane};
 
 /// How the matching part is assigned to GT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,15 +136,6 @@ impl LossConfig {
     }
 }
 
-/// GT of one image.
-#[derive(Debug, Clone)]
-pub struct ImageTargets<B: Backend> {
-    /// Class ids `< K`, one per object.
-    pub labels: Vec<usize>,
-    /// Masks `[G, H, W]` (0/1) at the padded input size, `None` when the image has no object.
-    pub masks: Option<Tensor<B, 3>>,
-}
-
 /// The random streams of the criterion at one step (spec §9.8).
 #[derive(Debug, Clone)]
 pub struct CriterionStreams {
@@ -143,9 +152,9 @@ impl CriterionStreams {
     }
 }
 
-/// One weighted term of the total loss.
-#[derive(Debug, Clone)]
-pub struct LossTerm<B: Backend> {
+/// One term of the total loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LossTerm {
     /// `ce`, `mask`, `dice` (matching part), `mp_ce`, `mp_mask`, `mp_dice` (MP part),
     /// `consistency_mask`, `consistency_dice` (appendix C auxiliary loss).
     pub name: &'static str,
@@ -153,15 +162,15 @@ pub struct LossTerm<B: Backend> {
     pub prediction: usize,
     /// Its weight in the total.
     pub weight: f64,
-    /// The unweighted value, `[1]`.
-    pub value: Tensor<B, 1>,
 }
 
 /// Everything the criterion computed for one batch.
 #[derive(Debug, Clone)]
 pub struct Losses<B: Backend> {
-    /// Every term.
-    pub terms: Vec<LossTerm<B>>,
+    /// Every term, in the order of `values`.
+    pub terms: Vec<LossTerm>,
+    /// The unweighted value of every term, `[terms]`.
+    pub values: Tensor<B, 1>,
     /// The matching part's assignment per prediction and image.
     pub assignments: Vec<Vec<Assignment>>,
     /// Matcher diagnostics.
@@ -171,25 +180,36 @@ pub struct Losses<B: Backend> {
 impl<B: Backend> Losses<B> {
     /// `Σ weight · value`, `[1]`.
     pub fn total(&self) -> Tensor<B, 1> {
-        let mut it = self.terms.iter().map(|t| t.value.clone() * t.weight);
-        let first = it.next().expect("the criterion always produces terms");
-        it.fold(first, |a, b| a + b)
+        let w: Vec<f32> = self.terms.iter().map(|t| t.weight as f32).collect();
+        let n = w.len();
+        let w = Tensor::<B, 1>::from_data(TensorData::new(w, [n]), &self.values.device());
+        (self.values.clone() * w).sum()
     }
 
     /// Weighted terms by name, `"{name}_{prediction}"` (as detectron2 logs them), plus `total`;
     /// one device read.
     pub fn report(&self) -> BTreeMap<String, f64> {
-        let values: Vec<Tensor<B, 1>> = self.terms.iter().map(|t| t.value.clone() * t.weight).collect();
-        let host: Vec<f32> = Tensor::cat(values, 0).into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let host: Vec<f32> = self.values.clone().into_data().convert::<f32>().to_vec().unwrap_or_default();
         let mut out = BTreeMap::new();
         let mut total = 0.0;
         for (t, v) in self.terms.iter().zip(host) {
-            out.insert(format!("{}_{}", t.name, t.prediction), v as f64);
-            total += v as f64;
+            let v = v as f64 * t.weight;
+            out.insert(format!("{}_{}", t.name, t.prediction), v);
+            total += v;
         }
         out.insert("total".into(), total);
         out
     }
+}
+
+/// The matching part's assignments: per prediction, per image (empty for predictions that are
+/// not supervised).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Matching {
+    /// `assignments[prediction][image]`.
+    pub assignments: Vec<Vec<Assignment>>,
+    /// Matcher diagnostics.
+    pub stats: MatchStats,
 }
 
 /// The criterion.
@@ -199,11 +219,24 @@ pub struct Criterion {
     pub config: LossConfig,
 }
 
-/// Targets concatenated over the batch, with each image's offset.
-struct Batch<B: Backend> {
-    masks: Option<Tensor<B, 3>>,
-    offsets: Vec<usize>,
-    num_masks: f64,
+/// What a supervised mask row is compared with.
+#[derive(Debug, Clone, Copy)]
+enum RowTarget {
+    /// GT object `obj` of image `img`.
+    Gt { img: usize, obj: usize },
+    /// Row `row` of prediction `pred`, detached and binarised (appendix C's consistency loss).
+    Previous { pred: usize, row: usize },
+}
+
+/// One supervised mask row: row `row` (of `B·T`) of prediction `pred`, in term `term` of the mask
+/// (and dice) terms, scaled by `scale` (1 / the term's normaliser).
+#[derive(Debug, Clone, Copy)]
+struct MaskRow {
+    pred: usize,
+    row: usize,
+    target: RowTarget,
+    term: usize,
+    scale: f32,
 }
 
 impl Criterion {
@@ -213,191 +246,326 @@ impl Criterion {
         Ok(Self { config })
     }
 
-    /// Losses of a training forward. `pilot` says whether MP losses are expected (zero terms when
-    /// the MP part was skipped) and whether they include the class loss.
-    pub fn forward<B: Backend>(
+    /// Losses of a training forward: [`Self::match_predictions`] then [`Self::losses`]. `pilot`
+    /// says whether MP losses are expected (zero terms when the MP part was skipped) and whether
+    /// they include the class loss.
+    pub fn forward<B: AutodiffBackend>(
         &self,
         out: &PilotedOutput<B>,
-        targets: &[ImageTargets<B>],
+        targets: &[GtObjects],
         pilot: &PilotConfig,
         streams: &mut CriterionStreams,
     ) -> Result<Losses<B>, CriterionError> {
+        let matching = self.match_predictions(out, targets, streams)?;
+        self.losses(out, targets, pilot, matching, streams)
+    }
+
+    /// The matching part's Hungarian assignment of every supervised prediction (or of the last
+    /// one, reused, under [`MatchingMode::FixedLast`]); no gradient. Uses `streams.matcher`.
+    pub fn match_predictions<B: AutodiffBackend>(
+        &self,
+        out: &PilotedOutput<B>,
+        targets: &[GtObjects],
+        streams: &mut CriterionStreams,
+    ) -> Result<Matching, CriterionError> {
         let c = &self.config;
-        let splits = out.split();
-        let n_pred = splits.len();
+        let preds = &out.output.predictions;
+        let (n_pred, extra) = (preds.len(), out.output.num_extra);
         let last = n_pred - 1;
         let first_supervised = if c.deep_supervision { 0 } else { last };
-        let device = splits[last].1.class_logits.device();
-        let [b, q, k1] = splits[last].1.class_logits.dims();
-        if targets.len() != b {
-            return Err(CriterionError::Shape(format!("{} target sets for a batch of {b}", targets.len())));
-        }
-        if let Some(t) = targets.iter().flat_map(|t| &t.labels).find(|&&l| l >= k1 - 1) {
-            return Err(CriterionError::Label { label: *t, num_classes: k1 - 1 });
-        }
-        let batch = concat_targets(targets);
+        let [b, t, k1] = preds[last].class_logits.dims();
+        check_targets(targets, b, k1)?;
+        let q = t - extra;
 
-        // Matching part: one shared point set per image, then per prediction (or the last only).
-        let mut stats = MatchStats::default();
-        let points = matcher_points::<B>(b, c.num_points, &mut streams.matcher, &device);
-        let gt: Vec<(&[usize], Option<Tensor<B, 3>>)> =
-            targets.iter().map(|t| (t.labels.as_slice(), t.masks.clone())).collect();
-        let weights = c.matcher_weights();
-        let mut assignments = vec![Vec::new(); n_pred];
-        let match_one = |p: &Prediction<B>, stats: &mut MatchStats| {
-            match_prediction(&p.class_logits, &p.mask_logits, &gt, &points, &weights, stats)
+        // One shared point set per image, then every matched prediction at once.
+        let points = matcher_points(b, c.num_points, &mut streams.matcher);
+        let which: Vec<usize> = match c.matching {
+            MatchingMode::PerPrediction => (first_supervised..n_pred).collect(),
+            MatchingMode::FixedLast => vec![last],
         };
-        let last_assignment = match_one(&splits[last].1, &mut stats)?;
-        for (i, (_, m)) in splits.iter().enumerate().take(last).skip(first_supervised) {
-            assignments[i] = match c.matching {
-                MatchingMode::PerPrediction => match_one(m, &mut stats)?,
-                MatchingMode::FixedLast => last_assignment.clone(),
-            };
+        let class: Vec<_> = which.iter().map(|&i| preds[i].class_logits.clone().inner().narrow(1, extra, q)).collect();
+        let masks: Vec<_> = which.iter().map(|&i| preds[i].mask_logits.clone().inner().narrow(1, extra, q)).collect();
+        let match_targets: Vec<MatchTarget> = targets
+            .iter()
+            .zip(&points)
+            .map(|(g, p)| MatchTarget { labels: &g.labels, masks: &g.masks, points: p })
+            .collect();
+        let mut stats = MatchStats::default();
+        let found = match_predictions(&class, &masks, &match_targets, &c.matcher_weights(), &mut stats)?;
+        let mut assignments = vec![Vec::new(); n_pred];
+        for (&i, a) in which.iter().zip(found) {
+            assignments[i] = a;
         }
-        assignments[last] = last_assignment;
+        if c.matching == MatchingMode::FixedLast {
+            for i in first_supervised..last {
+                assignments[i] = assignments[last].clone();
+            }
+        }
+        Ok(Matching { assignments, stats })
+    }
 
-        let mut terms = Vec::new();
-        for (i, (mp, m)) in splits.iter().enumerate().skip(first_supervised) {
-            // Class: matched queries take their object's label, the rest "no object".
-            let mut cls = vec![k1 - 1; b * q];
-            let mut pairs = Vec::new();
+    /// Every loss term given the matching part's assignment (from [`Self::match_predictions`]).
+    /// Uses `streams.points`.
+    pub fn losses<B: AutodiffBackend>(
+        &self,
+        out: &PilotedOutput<B>,
+        targets: &[GtObjects],
+        pilot: &PilotConfig,
+        matching: Matching,
+        streams: &mut CriterionStreams,
+    ) -> Result<Losses<B>, CriterionError> {
+        let c = &self.config;
+        let preds = &out.output.predictions;
+        let (n_pred, extra) = (preds.len(), out.output.num_extra);
+        let last = n_pred - 1;
+        let first_supervised = if c.deep_supervision { 0 } else { last };
+        let device = preds[last].class_logits.device();
+        let [b, t, k1] = preds[last].class_logits.dims();
+        let [_, _, h, w] = preds[last].mask_logits.dims();
+        check_targets(targets, b, k1)?;
+        let q = t - extra;
+        let Matching { assignments, stats } = matching;
+        if assignments.len() != n_pred {
+            return Err(CriterionError::Shape(format!("{} assignments for {n_pred} predictions", assignments.len())));
+        }
+        let layout = out.layout.as_ref().filter(|_| pilot.enabled);
+        if let Some(l) = layout
+            && l.num_slots() != extra
+        {
+            return Err(CriterionError::Shape(format!(
+                "MP layout of {} slots for {extra} extra queries",
+                l.num_slots()
+            )));
+        }
+        let num_masks = (targets.iter().map(|g| g.labels.len()).sum::<usize>() as f64).max(1.0);
+        let no_object = k1 - 1;
+        let supervised: Vec<usize> = (first_supervised..n_pred).collect();
+
+        // Class terms: one target and weight per query of every supervised prediction.
+        let mut ce_terms = Vec::new();
+        let mut ce_target = vec![no_object; supervised.len() * b * t];
+        let mut ce_coef: Vec<(usize, usize, f32)> = Vec::new(); // (term, stacked row, weight)
+        let weight_of = |label: usize| if label == no_object { c.no_object_weight as f32 } else { 1.0 };
+        // Mask terms: the supervised rows.
+        let mut mask_terms: Vec<(&'static str, &'static str, usize, f64, f64)> = Vec::new();
+        let mut rows: Vec<MaskRow> = Vec::new();
+        for (s, &i) in supervised.iter().enumerate() {
+            let base = s * b * t;
+            // Matching part: matched queries take their object's label, the rest "no object".
+            let term = ce_terms.len();
+            ce_terms.push(LossTerm { name: "ce", prediction: i, weight: c.class_weight });
+            let mut labels = vec![no_object; b * q];
             for (img, a) in assignments[i].iter().enumerate() {
                 for &(query, obj) in a {
-                    cls[img * q + query] = targets[img].labels[obj];
-                    pairs.push((img * q + query, batch.offsets[img] + obj));
+                    labels[img * q + query] = targets[img].labels[obj];
                 }
             }
-            let ce = weighted_cross_entropy(m.class_logits.clone().reshape([b * q, k1]), &cls, c.no_object_weight);
-            terms.push(LossTerm { name: "ce", prediction: i, weight: c.class_weight, value: ce });
-            let (bce, dc) = self.mask_terms(&m.mask_logits, &batch, &pairs, batch.num_masks, streams, &device);
-            terms.push(LossTerm { name: "mask", prediction: i, weight: c.mask_weight, value: bce });
-            terms.push(LossTerm { name: "dice", prediction: i, weight: c.dice_weight, value: dc });
-
+            let mterm = mask_terms.len();
+            mask_terms.push(("mask", "dice", i, c.mask_weight, c.dice_weight));
+            for img in 0..b {
+                for query in 0..q {
+                    let row = img * t + extra + query;
+                    ce_target[base + row] = labels[img * q + query];
+                    ce_coef.push((term, base + row, weight_of(labels[img * q + query])));
+                }
+                for &(query, obj) in assignments[i].get(img).map(Vec::as_slice).unwrap_or_default() {
+                    let row = img * t + extra + query;
+                    let target = RowTarget::Gt { img, obj };
+                    rows.push(MaskRow { pred: i, row, target, term: mterm, scale: (1.0 / num_masks) as f32 });
+                }
+            }
+            // MP part: direct assignment (spec §3.8); zero terms when the part was skipped.
             if pilot.enabled {
-                terms.extend(self.mp_terms(i, mp.as_ref(), out.layout.as_ref(), &batch, pilot, streams, &device));
+                if pilot.class_loss {
+                    let term = ce_terms.len();
+                    ce_terms.push(LossTerm { name: "mp_ce", prediction: i, weight: c.class_weight });
+                    for (img, slots) in layout.map(|l| l.slots.as_slice()).unwrap_or_default().iter().enumerate() {
+                        for (slot_idx, slot) in slots.iter().enumerate() {
+                            let row = img * t + slot_idx;
+                            ce_target[base + row] = slot.target_label;
+                            ce_coef.push((term, base + row, weight_of(slot.target_label)));
+                        }
+                    }
+                }
+                let mterm = mask_terms.len();
+                mask_terms.push(("mp_mask", "mp_dice", i, c.mask_weight, c.dice_weight));
+                if let Some(l) = layout {
+                    let scale = (1.0 / (num_masks * l.num_groups as f64)) as f32;
+                    for (img, slots) in l.slots.iter().enumerate() {
+                        for (slot_idx, slot) in slots.iter().enumerate() {
+                            if let Some(obj) = slot.object {
+                                let target = RowTarget::Gt { img, obj };
+                                rows.push(MaskRow { pred: i, row: img * t + slot_idx, target, term: mterm, scale });
+                            }
+                        }
+                    }
+                }
             }
         }
-
+        // Appendix C's auxiliary loss: prediction i against prediction i − 1 (detached,
+        // binarised), on the queries matched at the last prediction.
         if c.layer_consistency_weight > 0.0 {
-            terms.extend(self.consistency_terms(&splits, &assignments[last], q, streams, &device, batch.num_masks));
-        }
-        Ok(Losses { terms, assignments, stats })
-    }
-
-    /// BCE and dice on importance-sampled points for `(prediction row, GT row)` pairs; zero when
-    /// there is no pair.
-    fn mask_terms<B: Backend>(
-        &self,
-        mask_logits: &Tensor<B, 4>,
-        batch: &Batch<B>,
-        pairs: &[(usize, usize)],
-        normaliser: f64,
-        streams: &mut CriterionStreams,
-        device: &B::Device,
-    ) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        let Some(gt) = batch.masks.as_ref().filter(|_| !pairs.is_empty()) else {
-            return (Tensor::zeros([1], device), Tensor::zeros([1], device));
-        };
-        let [b, t, h, w] = mask_logits.dims();
-        let [_, gh, gw] = gt.dims();
-        let n = pairs.len();
-        let pred_idx = index_tensor::<B>(pairs.iter().map(|p| p.0), device);
-        let gt_idx = index_tensor::<B>(pairs.iter().map(|p| p.1), device);
-        let pred = mask_logits.clone().reshape([b * t, h, w]).select(0, pred_idx).reshape([n, 1, h, w]);
-        let target = gt.clone().select(0, gt_idx).reshape([n, 1, gh, gw]);
-        let c = &self.config;
-        let pts = uncertain_points(
-            pred.clone(),
-            c.num_points,
-            c.oversample_ratio,
-            c.importance_sample_ratio,
-            &mut streams.points,
-        );
-        let x = point_sample(pred, pts.clone()).reshape([n, c.num_points]);
-        let y = point_sample(target, pts).reshape([n, c.num_points]);
-        (sigmoid_bce(x.clone(), y.clone(), normaliser), dice(x, y, normaliser))
-    }
-
-    /// MP losses of one prediction (spec §3.8): class over every slot (padding → no object),
-    /// masks on the slots that hold an object, normalised by `num_masks · n_g`. Zero terms when
-    /// the MP part was skipped (empty batch, `n_g = 0`).
-    #[allow(clippy::too_many_arguments)]
-    fn mp_terms<B: Backend>(
-        &self,
-        i: usize,
-        mp: Option<&Prediction<B>>,
-        layout: Option<&MpLayout>,
-        batch: &Batch<B>,
-        pilot: &PilotConfig,
-        streams: &mut CriterionStreams,
-        device: &B::Device,
-    ) -> Vec<LossTerm<B>> {
-        let c = &self.config;
-        let zero = || Tensor::<B, 1>::zeros([1], device);
-        let (ce, bce, dc) = match (mp, layout) {
-            (Some(mp), Some(layout)) => {
-                let [b, p, k1] = mp.class_logits.dims();
-                let targets: Vec<usize> = layout.slots.iter().flatten().map(|s| s.target_label).collect();
-                let ce =
-                    weighted_cross_entropy(mp.class_logits.clone().reshape([b * p, k1]), &targets, c.no_object_weight);
-                let pairs: Vec<(usize, usize)> = layout
-                    .slots
-                    .iter()
-                    .enumerate()
-                    .flat_map(|(img, slots)| {
-                        slots.iter().enumerate().filter_map(move |(s, slot)| slot.object.map(|j| (img, s, j)))
-                    })
-                    .map(|(img, s, j)| (img * p + s, batch.offsets[img] + j))
-                    .collect();
-                let norm = batch.num_masks * layout.num_groups as f64;
-                let (bce, dc) = self.mask_terms(&mp.mask_logits, batch, &pairs, norm, streams, device);
-                (ce, bce, dc)
-            }
-            _ => (zero(), zero(), zero()),
-        };
-        let mut terms = Vec::with_capacity(3);
-        if pilot.class_loss {
-            terms.push(LossTerm { name: "mp_ce", prediction: i, weight: c.class_weight, value: ce });
-        }
-        terms.push(LossTerm { name: "mp_mask", prediction: i, weight: c.mask_weight, value: bce });
-        terms.push(LossTerm { name: "mp_dice", prediction: i, weight: c.dice_weight, value: dc });
-        terms
-    }
-
-    /// Appendix C's auxiliary loss: for `i = 1..=L`, BCE + dice of prediction `i`'s masks against
-    /// prediction `i − 1`'s, detached and binarised (`σ > 0.5`), on the queries matched at the last
-    /// prediction, normalised by `num_masks`.
-    fn consistency_terms<B: Backend>(
-        &self,
-        splits: &[(Option<Prediction<B>>, Prediction<B>)],
-        last: &[Assignment],
-        q: usize,
-        streams: &mut CriterionStreams,
-        device: &B::Device,
-        num_masks: f64,
-    ) -> Vec<LossTerm<B>> {
-        let c = &self.config;
-        let rows: Vec<usize> =
-            last.iter().enumerate().flat_map(|(img, a)| a.iter().map(move |&(qq, _)| img * q + qq)).collect();
-        let mut terms = Vec::new();
-        for i in 1..splits.len() {
-            let (bce, dc) = if rows.is_empty() {
-                (Tensor::zeros([1], device), Tensor::zeros([1], device))
-            } else {
-                let prev = splits[i - 1].1.mask_logits.clone().detach();
-                let [b, t, h, w] = prev.dims();
-                let idx = index_tensor::<B>(rows.iter().copied(), device);
-                let label = prev.reshape([b * t, h, w]).select(0, idx).greater_elem(0.0).float();
-                let batch = Batch { masks: Some(label), offsets: vec![0], num_masks };
-                let pairs: Vec<(usize, usize)> = rows.iter().enumerate().map(|(k, &r)| (r, k)).collect();
-                self.mask_terms(&splits[i].1.mask_logits, &batch, &pairs, num_masks, streams, device)
-            };
             let lw = c.layer_consistency_weight;
-            terms.push(LossTerm { name: "consistency_mask", prediction: i, weight: c.mask_weight * lw, value: bce });
-            terms.push(LossTerm { name: "consistency_dice", prediction: i, weight: c.dice_weight * lw, value: dc });
+            for i in 1..n_pred {
+                let mterm = mask_terms.len();
+                mask_terms.push(("consistency_mask", "consistency_dice", i, c.mask_weight * lw, c.dice_weight * lw));
+                for (img, a) in assignments[last].iter().enumerate() {
+                    for &(query, _) in a {
+                        let row = img * t + extra + query;
+                        let target = RowTarget::Previous { pred: i - 1, row };
+                        rows.push(MaskRow { pred: i, row, target, term: mterm, scale: (1.0 / num_masks) as f32 });
+                    }
+                }
+            }
         }
-        terms
+
+        // Class values: log-probabilities of the targets, reduced per term by weight matrices.
+        let stacked: Vec<Tensor<B, 2>> =
+            supervised.iter().map(|&i| preds[i].class_logits.clone().reshape([b * t, k1])).collect();
+        let n_rows = supervised.len() * b * t;
+        let logp = target_log_probs(Tensor::cat(stacked, 0), &ce_target); // [rows, 1]
+        let mut totals = vec![0f32; ce_terms.len()];
+        for &(term, _, wt) in &ce_coef {
+            totals[term] += wt;
+        }
+        let mut coef = vec![0f32; ce_terms.len() * n_rows];
+        for &(term, row, wt) in &ce_coef {
+            coef[term * n_rows + row] = -wt / totals[term].max(f32::MIN_POSITIVE);
+        }
+        let coef = Tensor::<B, 1>::from_data(TensorData::new(coef, [ce_terms.len() * n_rows]), &device)
+            .reshape([ce_terms.len(), n_rows]);
+        let ce_values = coef.matmul(logp).reshape([ce_terms.len()]);
+
+        // Mask values.
+        let (mask_values, dice_values) = if rows.is_empty() {
+            (Tensor::zeros([mask_terms.len()], &device), Tensor::zeros([mask_terms.len()], &device))
+        } else {
+            self.mask_values(preds, &rows, targets, mask_terms.len(), [b * t, h, w], streams)
+        };
+
+        let mut terms = ce_terms;
+        terms.extend(mask_terms.iter().map(|&(name, _, i, wt, _)| LossTerm { name, prediction: i, weight: wt }));
+        terms.extend(mask_terms.iter().map(|&(_, name, i, _, wt)| LossTerm { name, prediction: i, weight: wt }));
+        let values = Tensor::cat(vec![ce_values, mask_values, dice_values], 0);
+        Ok(Losses { terms, values, assignments, stats })
     }
+
+    /// BCE and dice per mask term, `([terms], [terms])`, from the supervised rows.
+    fn mask_values<B: AutodiffBackend>(
+        &self,
+        preds: &[mpf_model::decoder::Prediction<B>],
+        rows: &[MaskRow],
+        targets: &[GtObjects],
+        n_terms: usize,
+        [bt, h, w]: [usize; 3],
+        streams: &mut CriterionStreams,
+    ) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let c = &self.config;
+        let device = preds[0].mask_logits.device();
+        let hw = h * w;
+        let p = c.num_points;
+        // The rows, grouped by prediction in `rows` order (rows are pushed prediction by
+        // prediction), selected with gradient into one [R, h·w] tensor.
+        let mut selected = Vec::new();
+        let mut start = 0;
+        while start < rows.len() {
+            let pred = rows[start].pred;
+            let end = start + rows[start..].iter().take_while(|r| r.pred == pred).count();
+            let idx = index_tensor::<B>(rows[start..end].iter().map(|r| r.row), &device);
+            selected.push(preds[pred].mask_logits.clone().reshape([bt, hw]).select(0, idx));
+            start = end;
+        }
+        let x_rows = Tensor::cat(selected, 0);
+        let n = rows.len();
+        let host: Vec<f32> = x_rows.clone().inner().into_data().convert::<f32>().to_vec().unwrap_or_default();
+        // Label rows of the consistency loss: the previous prediction's rows, binarised.
+        let previous: Vec<(usize, usize)> = rows
+            .iter()
+            .filter_map(|r| match r.target {
+                RowTarget::Previous { pred, row } => Some((pred, row)),
+                RowTarget::Gt { .. } => None,
+            })
+            .collect();
+        let prev_host: Vec<f32> = if previous.is_empty() {
+            Vec::new()
+        } else {
+            let parts: Vec<_> = previous
+                .iter()
+                .map(|&(pred, row)| preds[pred].mask_logits.clone().inner().reshape([bt, hw]).narrow(0, row, 1))
+                .collect();
+            Tensor::cat(parts, 0).into_data().convert::<f32>().to_vec().unwrap_or_default()
+        };
+
+        // Host: random draws in row order, then points, corners and labels in parallel.
+        let draws: Vec<ImportanceDraw> = (0..n)
+            .map(|_| ImportanceDraw::new(p, c.oversample_ratio, c.importance_sample_ratio, &mut streams.points))
+            .collect();
+        let mut prev_index = 0;
+        let prev_of: Vec<Option<usize>> = rows
+            .iter()
+            .map(|r| {
+                matches!(r.target, RowTarget::Previous { .. }).then(|| {
+                    prev_index += 1;
+                    prev_index - 1
+                })
+            })
+            .collect();
+        let per_row: Vec<(Corners, Vec<f32>)> = (0..n)
+            .into_par_iter()
+            .map(|r| {
+                let points = importance_points(&host[r * hw..(r + 1) * hw], h, w, &draws[r]);
+                let mut corners = Corners::default();
+                corners.push_row(h, w, &points);
+                let labels = match (rows[r].target, prev_of[r]) {
+                    (RowTarget::Gt { img, obj }, _) => sample_mask(&targets[img].masks[obj], &points),
+                    (RowTarget::Previous { .. }, Some(k)) => {
+                        let binary: Vec<f32> =
+                            prev_host[k * hw..(k + 1) * hw].iter().map(|&v| (v > 0.0) as u8 as f32).collect();
+                        points.iter().map(|&pt| sample_plane(&binary, h, w, pt)).collect()
+                    }
+                    (RowTarget::Previous { .. }, None) => unreachable!("every consistency row has a label row"),
+                };
+                (corners, labels)
+            })
+            .collect();
+        let mut corners = Corners { index: Vec::with_capacity(n * p * 4), weight: Vec::with_capacity(n * p * 4) };
+        let mut labels = Vec::with_capacity(n * p);
+        for (c, l) in per_row {
+            corners.index.extend(c.index);
+            corners.weight.extend(c.weight);
+            labels.extend(l);
+        }
+        let x = gather_points(x_rows, &corners, p); // [R, P]
+        let t = Tensor::<B, 1>::from_data(TensorData::new(labels, [n * p]), &device).reshape([n, p]);
+
+        let (bce, dice) = (bce_rows(x.clone(), t.clone()), dice_rows(x, t)); // [R, 1] each
+        let mut coef = vec![0f32; n_terms * n];
+        for (r, row) in rows.iter().enumerate() {
+            coef[row.term * n + r] = row.scale;
+        }
+        let coef = Tensor::<B, 1>::from_data(TensorData::new(coef, [n_terms * n]), &device).reshape([n_terms, n]);
+        (coef.clone().matmul(bce).reshape([n_terms]), coef.matmul(dice).reshape([n_terms]))
+    }
+}
+
+/// One target set per image, a mask per label, and every label a real class (`< K`).
+fn check_targets(targets: &[GtObjects], b: usize, k1: usize) -> Result<(), CriterionError> {
+    if targets.len() != b {
+        return Err(CriterionError::Shape(format!("{} target sets for a batch of {b}", targets.len())));
+    }
+    for (i, t) in targets.iter().enumerate() {
+        if t.masks.len() != t.labels.len() {
+            return Err(CriterionError::Shape(format!(
+                "image {i}: {} masks for {} labels",
+                t.masks.len(),
+                t.labels.len()
+            )));
+        }
+    }
+    if let Some(t) = targets.iter().flat_map(|t| &t.labels).find(|&&l| l >= k1 - 1) {
+        return Err(CriterionError::Label { label: *t, num_classes: k1 - 1 });
+    }
+    Ok(())
 }
 
 fn index_tensor<B: Backend>(idx: impl Iterator<Item = usize>, device: &B::Device) -> Tensor<B, 1, Int> {
@@ -406,27 +574,16 @@ fn index_tensor<B: Backend>(idx: impl Iterator<Item = usize>, device: &B::Device
     Tensor::from_data(TensorData::new(v, [n]), device)
 }
 
-fn concat_targets<B: Backend>(targets: &[ImageTargets<B>]) -> Batch<B> {
-    let mut offsets = Vec::with_capacity(targets.len());
-    let mut total = 0;
-    for t in targets {
-        offsets.push(total);
-        total += t.labels.len();
-    }
-    let masks: Vec<Tensor<B, 3>> = targets.iter().filter_map(|t| t.masks.clone()).collect();
-    let masks = (!masks.is_empty()).then(|| Tensor::cat(masks, 0));
-    Batch { masks, offsets, num_masks: (total as f64).max(1.0) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
-    use mpf_model::decoder::DecoderOutput;
-    use mpf_pilot::layout::{GroupRule, build_layout};
+    use burn::backend::{Autodiff, Flex};
+    use mpf_model::decoder::{DecoderOutput, Prediction};
+    use mpf_model::mask::BinaryMask;
+    use mpf_pilot::layout::{GroupRule, MpLayout, build_layout};
     use rand::SeedableRng;
 
-    type B = Flex;
+    type B = Autodiff<Flex>;
     const LN2: f64 = std::f64::consts::LN_2;
 
     fn small() -> LossConfig {
@@ -448,13 +605,12 @@ mod tests {
         PilotedOutput { output: DecoderOutput { predictions: preds, num_extra }, layout }
     }
 
-    fn targets(objects: &[&[usize]]) -> Vec<ImageTargets<B>> {
-        let device = Default::default();
+    fn targets(objects: &[&[usize]]) -> Vec<GtObjects> {
         objects
             .iter()
-            .map(|labels| ImageTargets {
+            .map(|labels| GtObjects {
                 labels: labels.to_vec(),
-                masks: (!labels.is_empty()).then(|| Tensor::ones([labels.len(), 16, 16], &device)),
+                masks: labels.iter().map(|_| BinaryMask { height: 16, width: 16, data: vec![true; 256] }).collect(),
             })
             .collect()
     }

@@ -2,9 +2,10 @@
 //!
 //! The training criterion of Mask2Former and MP-Former (spec §2.5, §2.6, §3.8, appendix C):
 //!
-//! - [`points`]: bilinear point sampling and uncertainty-based importance sampling;
-//! - [`matcher`]: the Hungarian matcher on point-sampled costs, solved by `lsap` (SciPy's
-//!   algorithm), non-finite costs replaced and counted;
+//! - [`points`]: bilinear point sampling (host and device), uncertainty-based importance
+//!   sampling, and the differentiable corner gather the losses sample with;
+//! - [`matcher`]: the Hungarian matcher on point-sampled costs of all predictions at once, solved
+//!   by `lsap` (SciPy's algorithm), non-finite costs replaced and counted;
 //! - [`losses`]: weighted cross-entropy, sigmoid BCE and dice;
 //! - [`criterion`]: [`criterion::Criterion`] — deep supervision over all predictions, the MP
 //!   part's direct-assignment losses, and the appendix-C baselines (fixed matching, the
@@ -19,7 +20,7 @@ pub mod losses;
 pub mod matcher;
 pub mod points;
 
-pub use criterion::{Criterion, CriterionStreams, ImageTargets, LossConfig, Losses, MatchingMode};
+pub use criterion::{Criterion, CriterionStreams, LossConfig, LossTerm, Losses, Matching, MatchingMode};
 
 /// Errors of the criterion.
 #[derive(Debug, thiserror::Error)]

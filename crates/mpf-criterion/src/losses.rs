@@ -1,8 +1,24 @@
 //! The three loss functions (spec §2.6): weighted cross-entropy over classes, and sigmoid BCE and
-//! dice on point-sampled masks. All return an unweighted scalar `[1]`.
+//! dice on point-sampled masks, per row (what the criterion reduces per term) and reduced to an
+//! unweighted scalar `[1]` as the reference computes them.
 
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, sigmoid};
+
+/// Log-probability of each row's target class.
+///
+/// # Shapes
+/// - `logits`: `[N, K + 1]`, `targets`: `N` class ids in `0..=K`
+/// - output: `[N, 1]`
+pub fn target_log_probs<B: Backend>(logits: Tensor<B, 2>, targets: &[usize]) -> Tensor<B, 2> {
+    let device = logits.device();
+    let n = logits.dims()[0];
+    let idx = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n, 1]),
+        &device,
+    );
+    log_softmax(logits, 1).gather(1, idx)
+}
 
 /// Weighted cross-entropy with PyTorch's weighted mean `Σ wᵢ·ceᵢ / Σ wᵢ`; class `K` (no object,
 /// the last column) weighs `no_object_weight`, every real class 1.
@@ -19,13 +35,32 @@ pub fn weighted_cross_entropy<B: Backend>(
     let [n, k1] = logits.dims();
     let weights: Vec<f32> = targets.iter().map(|&t| if t == k1 - 1 { no_object_weight as f32 } else { 1.0 }).collect();
     let total: f32 = weights.iter().sum();
-    let idx = Tensor::<B, 2, Int>::from_data(
-        TensorData::new(targets.iter().map(|&t| t as i64).collect::<Vec<_>>(), [n, 1]),
-        &device,
-    );
-    let w = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), &device);
-    let logp = log_softmax(logits, 1).gather(1, idx).reshape([n]);
-    (logp * w).sum().neg() / total.max(f32::MIN_POSITIVE) as f64
+    let w = Tensor::<B, 1>::from_data(TensorData::new(weights, [n]), &device).reshape([n, 1]);
+    (target_log_probs(logits, targets) * w).sum().neg() / total.max(f32::MIN_POSITIVE) as f64
+}
+
+/// Sigmoid BCE with logits of each row, averaged over its points:
+/// `max(x, 0) − x·t + log(1 + e^{−|x|})`, stable for any `x`.
+///
+/// # Shapes
+/// - `logits`, `targets`: `[N, P]` (targets in `[0, 1]`, soft at boundaries)
+/// - output: `[N, 1]`
+pub fn bce_rows<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 2> {
+    let p = logits.dims()[1];
+    let loss = logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p();
+    loss.sum_dim(1).div_scalar(p as f64)
+}
+
+/// Dice loss of each row, `1 − (2Σσ(x)t + 1)/(Σσ(x) + Σt + 1)`.
+///
+/// # Shapes
+/// - `logits`, `targets`: `[N, P]`
+/// - output: `[N, 1]`
+pub fn dice_rows<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>) -> Tensor<B, 2> {
+    let s = sigmoid(logits);
+    let numerator = (s.clone() * targets.clone()).sum_dim(1) * 2.0 + 1.0;
+    let denominator = s.sum_dim(1) + targets.sum_dim(1) + 1.0;
+    (numerator / denominator).neg() + 1.0
 }
 
 /// Sigmoid BCE with logits, averaged over points and summed over masks, divided by `num_masks`.
@@ -34,25 +69,16 @@ pub fn weighted_cross_entropy<B: Backend>(
 /// - `logits`, `targets`: `[N, P]` (targets in `[0, 1]`, soft at boundaries)
 /// - output: `[1]`
 pub fn sigmoid_bce<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>, num_masks: f64) -> Tensor<B, 1> {
-    let p = logits.dims()[1];
-    // max(x, 0) − x·t + log(1 + e^{−|x|}): stable for any x.
-    let loss = logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p();
-    loss.sum() / (p as f64 * num_masks)
+    bce_rows(logits, targets).sum() / num_masks
 }
 
-/// Dice loss `1 − (2Σσ(x)t + 1)/(Σσ(x) + Σt + 1)` per mask, summed over masks, divided by
-/// `num_masks`.
+/// Dice loss summed over masks, divided by `num_masks`.
 ///
 /// # Shapes
 /// - `logits`, `targets`: `[N, P]`
 /// - output: `[1]`
 pub fn dice<B: Backend>(logits: Tensor<B, 2>, targets: Tensor<B, 2>, num_masks: f64) -> Tensor<B, 1> {
-    let n = logits.dims()[0];
-    let s = sigmoid(logits);
-    let numerator = (s.clone() * targets.clone()).sum_dim(1) * 2.0 + 1.0;
-    let denominator = s.sum_dim(1) + targets.sum_dim(1) + 1.0;
-    let per_mask = (numerator / denominator).neg() + 1.0;
-    per_mask.reshape([n]).sum() / num_masks
+    dice_rows(logits, targets).sum() / num_masks
 }
 
 #[cfg(test)]

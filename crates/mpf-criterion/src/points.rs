@@ -1,14 +1,26 @@
 //! Point sampling (spec §2.5, §2.6): masks are compared at a few thousand points instead of every
-//! pixel. `point_sample` is bilinear `grid_sample` at normalised `[0, 1]²` coordinates with zero
-//! padding and `align_corners = false`; [`uncertain_points`] draws the losses' importance-sampled
-//! points. Random coordinates come from a host generator (a named stream), so a run draws the same
-//! points on every backend.
+//! pixel. A point is a normalised `(x, y)` in `[0, 1]²` (`x` along the width); sampling is
+//! bilinear with half-pixel centres (`align_corners = false`) and zero padding outside the map,
+//! which is PyTorch's `grid_sample(input, 2·p − 1)` that Mask2Former's `point_sample` calls.
+//!
+//! Everything that needs no gradient runs on the host from named random streams, so a run draws
+//! the same points on every backend: uniform points, the losses' importance sampling
+//! ([`importance_points`]: oversampled candidates ranked by `−|logit|`), GT labels at the points
+//! ([`sample_mask`]). The one sampling on the gradient path is a gather of the four bilinear
+//! corners with fixed weights ([`Corners`], [`gather_points`]): its backward is a single
+//! scatter-add, where `grid_sample` under autodiff is decomposed into dozens of operations.
+//! [`point_sample`] (`grid_sample`) stays for sampling without gradient on the device.
 
 use burn::prelude::*;
 use burn::tensor::ops::GridSampleOptions;
+use mpf_model::mask::BinaryMask;
 use rand::Rng;
 
-/// Samples `input` at `coords` (`(x, y)` in `[0, 1]`, `x` along the width).
+/// A normalised point `(x, y)`.
+pub type Point = [f32; 2];
+
+/// Samples `input` at `coords` with `grid_sample` (no gradient needed; used on the device by the
+/// matcher).
 ///
 /// # Shapes
 /// - `input`: `[N, C, H, W]`
@@ -21,52 +33,133 @@ pub fn point_sample<B: Backend>(input: Tensor<B, 4>, coords: Tensor<B, 3>) -> Te
     input.grid_sample_2d(grid, GridSampleOptions::default()).reshape([n, c, p])
 }
 
-/// `n × p` uniform points in `[0, 1)²` from `rng`.
-///
-/// # Shapes
-/// - output: `[n, p, 2]`
-pub fn uniform_points<B: Backend>(n: usize, p: usize, rng: &mut impl Rng, device: &B::Device) -> Tensor<B, 3> {
-    let v: Vec<f32> = (0..n * p * 2).map(|_| rng.random::<f32>()).collect();
-    Tensor::<B, 1>::from_data(TensorData::new(v, [n * p * 2]), device).reshape([n, p, 2])
+/// `n` uniform points in `[0, 1)²` from `rng` (x then y for each point).
+pub fn uniform_points(n: usize, rng: &mut impl Rng) -> Vec<Point> {
+    (0..n).map(|_| [rng.random::<f32>(), rng.random::<f32>()]).collect()
+}
+
+/// The bilinear corners of one point on an `h × w` map: four `(flat index, weight)` pairs in the
+/// order (y0,x0), (y0,x1), (y1,x0), (y1,x1). Corners outside the map get weight 0 (zero padding)
+/// and index 0.
+#[inline]
+pub fn corners(h: usize, w: usize, [x, y]: Point) -> [(usize, f32); 4] {
+    let px = x as f64 * w as f64 - 0.5;
+    let py = y as f64 * h as f64 - 0.5;
+    let (x0, y0) = (px.floor(), py.floor());
+    let (fx, fy) = (px - x0, py - y0);
+    let (x0, y0) = (x0 as i64, y0 as i64);
+    let mut out = [(0usize, 0f32); 4];
+    for (k, (dy, wy)) in [(0i64, 1.0 - fy), (1, fy)].into_iter().enumerate() {
+        for (j, (dx, wx)) in [(0i64, 1.0 - fx), (1, fx)].into_iter().enumerate() {
+            let (xi, yi) = (x0 + dx, y0 + dy);
+            if xi >= 0 && yi >= 0 && (xi as usize) < w && (yi as usize) < h {
+                out[k * 2 + j] = (yi as usize * w + xi as usize, (wx * wy) as f32);
+            }
+        }
+    }
+    out
+}
+
+/// Bilinear sample of a row-major `h × w` plane at `p` (zero outside).
+#[inline]
+pub fn sample_plane(plane: &[f32], h: usize, w: usize, p: Point) -> f32 {
+    corners(h, w, p).iter().map(|&(i, wt)| if wt == 0.0 { 0.0 } else { wt * plane[i] }).sum()
+}
+
+/// A binary mask sampled bilinearly at `points` (soft values at boundaries, as the reference's
+/// `point_sample` of the float GT mask).
+pub fn sample_mask(mask: &BinaryMask, points: &[Point]) -> Vec<f32> {
+    points
+        .iter()
+        .map(|&p| corners(mask.height, mask.width, p).iter().map(|&(i, wt)| if mask.data[i] { wt } else { 0.0 }).sum())
+        .collect()
 }
 
 /// Importance sampling of loss points (Mask2Former's `get_uncertain_point_coords_with_randomness`
-/// with fresh uniform random points): draw `⌊num_points · oversample⌋` uniform candidates, keep the
-/// `⌊importance · num_points⌋` whose logit is closest to 0 (uncertainty `−|logit|`), add the rest
-/// as fresh uniform points. Computed without gradient.
+/// with fresh uniform random points) for one mask: draw `⌊num_points · oversample⌋` uniform
+/// candidates, keep the `⌊importance · num_points⌋` whose logit (bilinear at the candidate) is
+/// closest to 0, i.e. of largest uncertainty `−|logit|`, then add the rest as fresh uniform points.
+/// `candidates` and `fresh` are the random points (see [`ImportanceDraw`]).
+pub fn importance_points(logits: &[f32], h: usize, w: usize, draw: &ImportanceDraw) -> Vec<Point> {
+    let mut scored: Vec<(f32, usize)> =
+        draw.candidates.iter().enumerate().map(|(i, &p)| (sample_plane(logits, h, w, p).abs(), i)).collect();
+    let keep = draw.keep.min(scored.len());
+    if keep > 0 && keep < scored.len() {
+        // Most uncertain first; ties broken by candidate index, so the choice is deterministic.
+        scored.select_nth_unstable_by(keep - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    }
+    let mut chosen: Vec<usize> = scored[..keep].iter().map(|&(_, i)| i).collect();
+    chosen.sort_unstable();
+    let mut out: Vec<Point> = chosen.into_iter().map(|i| draw.candidates[i]).collect();
+    out.extend_from_slice(&draw.fresh);
+    out
+}
+
+/// The random part of one mask's importance sampling, drawn up front (in a fixed order, so the
+/// points do not depend on how the work is split across threads).
+#[derive(Debug, Clone)]
+pub struct ImportanceDraw {
+    /// `⌊num_points · oversample⌋` uniform candidates.
+    pub candidates: Vec<Point>,
+    /// How many candidates to keep.
+    pub keep: usize,
+    /// `num_points − keep` fresh uniform points.
+    pub fresh: Vec<Point>,
+}
+
+impl ImportanceDraw {
+    /// Draws the candidates, then the fresh points, from `rng`.
+    pub fn new(num_points: usize, oversample: f64, importance: f64, rng: &mut impl Rng) -> Self {
+        let n_candidates = ((num_points as f64 * oversample) as usize).max(1);
+        let keep = ((importance * num_points as f64) as usize).min(num_points).min(n_candidates);
+        let candidates = if keep > 0 { uniform_points(n_candidates, rng) } else { Vec::new() };
+        let fresh = uniform_points(num_points - keep, rng);
+        Self { candidates, keep, fresh }
+    }
+}
+
+/// Gather indices and weights of the bilinear corners of many rows of points, for
+/// [`gather_points`]: row `r` samples its own `h × w` map at its own points.
+#[derive(Debug, Clone, Default)]
+pub struct Corners {
+    /// `rows · P · 4` flat indices into the row's `h·w` map.
+    pub index: Vec<i64>,
+    /// `rows · P · 4` bilinear weights (0 for corners outside the map).
+    pub weight: Vec<f32>,
+}
+
+impl Corners {
+    /// Appends the corners of one row's points on an `h × w` map.
+    pub fn push_row(&mut self, h: usize, w: usize, points: &[Point]) {
+        for &p in points {
+            for (i, wt) in corners(h, w, p) {
+                self.index.push(i as i64);
+                self.weight.push(wt);
+            }
+        }
+    }
+}
+
+/// Bilinear samples of `rows` (each an `h·w` map) at their points, differentiable with respect
+/// to `rows`: `Σ_corners weight · rows[r, index]`, one gather and one product.
 ///
 /// # Shapes
-/// - `logits`: `[N, 1, h, w]`
-/// - output: `[N, num_points, 2]`
-pub fn uncertain_points<B: Backend>(
-    logits: Tensor<B, 4>,
-    num_points: usize,
-    oversample: f64,
-    importance: f64,
-    rng: &mut impl Rng,
-) -> Tensor<B, 3> {
-    let device = logits.device();
-    let n = logits.dims()[0];
-    let candidates = ((num_points as f64 * oversample) as usize).max(1);
-    let keep = ((importance * num_points as f64) as usize).min(num_points).min(candidates);
-    let coords = uniform_points::<B>(n, candidates, rng, &device);
-    let mut parts = Vec::with_capacity(2);
-    if keep > 0 {
-        let sampled = point_sample(logits.detach(), coords.clone()).reshape([n, candidates]);
-        let (_, idx) = sampled.abs().neg().topk_with_indices(keep, 1);
-        let idx = idx.reshape([n, keep, 1]).repeat_dim(2, 2);
-        parts.push(coords.gather(1, idx));
-    }
-    if num_points > keep {
-        parts.push(uniform_points::<B>(n, num_points - keep, rng, &device));
-    }
-    Tensor::cat(parts, 1)
+/// - `rows`: `[R, h·w]`; `corners`: `R · P · 4` entries
+/// - output: `[R, P]`
+pub fn gather_points<B: Backend>(rows: Tensor<B, 2>, corners: &Corners, num_points: usize) -> Tensor<B, 2> {
+    let device = rows.device();
+    let r = rows.dims()[0];
+    let k = num_points * 4;
+    assert_eq!(corners.index.len(), r * k, "corner count must be rows · points · 4");
+    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(corners.index.clone(), [r, k]), &device);
+    let weight = Tensor::<B, 2>::from_data(TensorData::new(corners.weight.clone(), [r, k]), &device);
+    (rows.gather(1, index) * weight).reshape([r, num_points, 4]).sum_dim(2).reshape([r, num_points])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::Flex;
+    use burn::backend::{Autodiff, Flex};
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -79,25 +172,79 @@ mod tests {
         let out = point_sample(img, coords).into_data().to_vec::<f32>().unwrap();
         // (0.25,0.25)→1, x=0.75→2, centre→mean 2.5, x=0 → halfway between pixel 1 and padding → 0.5.
         assert_eq!(out, vec![1.0, 2.0, 2.5, 0.5]);
+        // The host sampler gives the same values.
+        let plane = [1.0, 2.0, 3.0, 4.0];
+        let host: Vec<f32> = [[0.25, 0.25], [0.75, 0.25], [0.5, 0.5], [0.0, 0.25]]
+            .iter()
+            .map(|&p| sample_plane(&plane, 2, 2, p))
+            .collect();
+        assert_eq!(host, vec![1.0, 2.0, 2.5, 0.5]);
+        let mask = BinaryMask { height: 2, width: 2, data: vec![true, false, false, false] };
+        assert_eq!(sample_mask(&mask, &[[0.25, 0.25], [0.5, 0.25], [0.0, 0.0]]), vec![1.0, 0.5, 0.25]);
     }
 
     #[test]
-    fn uncertain_points_prefer_the_boundary() {
+    fn gather_points_matches_grid_sample_forward_and_gradient() {
+        type AD = Autodiff<Flex>;
         let device = Default::default();
+        let (r, h, w, p) = (3, 5, 7, 40);
+        let mut rng = StdRng::seed_from_u64(1);
+        let values: Vec<f32> = (0..r * h * w).map(|_| rng.random::<f32>() * 4.0 - 2.0).collect();
+        // Points spill outside [0, 1] to exercise the zero padding.
+        let points: Vec<Vec<Point>> = (0..r)
+            .map(|_| (0..p).map(|_| [rng.random::<f32>() * 1.4 - 0.2, rng.random::<f32>() * 1.4 - 0.2]).collect())
+            .collect();
+        let upstream: Vec<f32> = (0..r * p).map(|_| rng.random::<f32>()).collect();
+        let up = |d: &_| Tensor::<AD, 1>::from_data(TensorData::new(upstream.clone(), [r * p]), d).reshape([r, p]);
+
+        // Reference: grid_sample (decomposed by autodiff) at the same points.
+        let x = Tensor::<AD, 1>::from_data(TensorData::new(values.clone(), [r * h * w]), &device)
+            .reshape([r, 1, h, w])
+            .require_grad();
+        let coords: Vec<f32> = points.iter().flatten().flat_map(|q| q.to_vec()).collect();
+        let coords = Tensor::<AD, 1>::from_data(TensorData::new(coords, [r * p * 2]), &device).reshape([r, p, 2]);
+        let reference = point_sample(x.clone(), coords).reshape([r, p]);
+        let g_ref = (reference.clone() * up(&device)).sum().backward();
+        let g_ref = x.grad(&g_ref).unwrap().into_data().to_vec::<f32>().unwrap();
+
+        let y = Tensor::<AD, 1>::from_data(TensorData::new(values, [r * h * w]), &device)
+            .reshape([r, h * w])
+            .require_grad();
+        let mut c = Corners::default();
+        for row in &points {
+            c.push_row(h, w, row);
+        }
+        let ours = gather_points(y.clone(), &c, p);
+        let g = (ours.clone() * up(&device)).sum().backward();
+        let g = y.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap();
+        let (a, b) = (ours.into_data().to_vec::<f32>().unwrap(), reference.into_data().to_vec::<f32>().unwrap());
+        let max = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max(&a, &b) < 1e-5, "forward differs by {}", max(&a, &b));
+        assert!(max(&g, &g_ref) < 1e-5, "gradient differs by {}", max(&g, &g_ref));
+    }
+
+    #[test]
+    fn importance_points_prefer_the_boundary() {
         // Logits rise linearly with x and cross 0 at the middle column: uncertainty = distance
         // to the middle.
         let w = 33;
-        let v: Vec<f32> = (0..w * w).map(|i| (i % w) as f32 - 16.0).collect();
-        let logits = Tensor::<Flex, 1>::from_data(TensorData::new(v, [w * w]), &device).reshape([1, 1, w, w]);
+        let logits: Vec<f32> = (0..w * w).map(|i| (i % w) as f32 - 16.0).collect();
         let mut rng = StdRng::seed_from_u64(0);
-        let pts = uncertain_points(logits, 100, 3.0, 0.75, &mut rng);
-        assert_eq!(pts.dims(), [1, 100, 2]);
-        let xs: Vec<f32> = pts.narrow(2, 0, 1).into_data().to_vec().unwrap();
+        let draw = ImportanceDraw::new(100, 3.0, 0.75, &mut rng);
+        assert_eq!((draw.candidates.len(), draw.keep, draw.fresh.len()), (300, 75, 25));
+        let pts = importance_points(&logits, w, w, &draw);
+        assert_eq!(pts.len(), 100);
+        let xs: Vec<f32> = pts.iter().map(|p| p[0]).collect();
         // The 75 kept of 300 uniform candidates are the quarter nearest x = 0.5 (within ≈ 0.125);
         // the 25 uniform points land beyond 0.2 about 60 % of the time.
         assert!(xs[..75].iter().all(|x| (x - 0.5).abs() < 0.2), "{:?}", &xs[..75]);
         let far = xs[75..].iter().filter(|x| (*x - 0.5).abs() > 0.2).count();
         assert!(far >= 5, "{far} of 25 uniform points far from the boundary");
         assert!(xs.iter().all(|x| (0.0..1.0).contains(x)));
+        // The kept points are exactly the 75 candidates of smallest |logit|.
+        let mut all: Vec<f32> = draw.candidates.iter().map(|&p| sample_plane(&logits, w, w, p).abs()).collect();
+        all.sort_by(f32::total_cmp);
+        let worst_kept = pts[..75].iter().map(|&p| sample_plane(&logits, w, w, p).abs()).fold(0f32, f32::max);
+        assert_eq!(worst_kept, all[74]);
     }
 }

@@ -4,8 +4,9 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use mpf_criterion::losses::{dice, sigmoid_bce, weighted_cross_entropy};
-use mpf_criterion::matcher::{MatchStats, MatcherWeights, assign, cost_matrix};
-use mpf_criterion::points::point_sample;
+use mpf_criterion::matcher::{MatchStats, MatchTarget, MatcherWeights, assign, cost_matrices};
+use mpf_criterion::points::{Point, point_sample, sample_plane};
+use mpf_model::mask::BinaryMask;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -61,6 +62,18 @@ fn point_sample_equals_torch_grid_sample() {
     let got: Vec<f32> = point_sample(img, coords).into_data().to_vec().unwrap();
     let d = max_diff(&got, &floats(&f["out"]));
     assert!(d < 1e-5, "max |Δ| {d}");
+    // The host sampler (losses' GT labels and importance sampling) gives the same values.
+    let (plane, pts) = (floats(&f["image"]), floats(&f["coords"]));
+    let (n, ch, h, w, p) = (s[0], s[1], s[2], s[3], c[1]);
+    let mut host = Vec::new();
+    for i in 0..n {
+        for k in 0..ch {
+            let map = &plane[(i * ch + k) * h * w..(i * ch + k + 1) * h * w];
+            host.extend((0..p).map(|j| sample_plane(map, h, w, [pts[(i * p + j) * 2], pts[(i * p + j) * 2 + 1]])));
+        }
+    }
+    let d = max_diff(&host, &floats(&f["out"]));
+    assert!(d < 1e-5, "host sampler: max |Δ| {d}");
 }
 
 #[test]
@@ -92,15 +105,25 @@ fn matcher_cost_equals_pytorch() {
     let u = |k: &str| f[k].as_u64().unwrap() as usize;
     let (q, g, k1, m, gs, p) = (u("q"), u("g"), u("k1"), u("mask_size"), u("gt_size"), u("p"));
     let w = MatcherWeights { class: 2.0, mask: 5.0, dice: 5.0, num_points: p };
-    let cost = cost_matrix(
-        tensor(&f["class_logits"], [q, k1]),
-        tensor(&f["mask_logits"], [q, m, m]),
-        &usizes(&f["labels"]),
-        tensor(&f["gt_masks"], [g, gs, gs]),
-        tensor(&f["points"], [1, p, 2]),
+    let gt = floats(&f["gt_masks"]);
+    let masks: Vec<BinaryMask> = (0..g)
+        .map(|i| BinaryMask {
+            height: gs,
+            width: gs,
+            data: gt[i * gs * gs..(i + 1) * gs * gs].iter().map(|&v| v > 0.5).collect(),
+        })
+        .collect();
+    let pts = floats(&f["points"]);
+    let points: Vec<Point> = (0..p).map(|j| [pts[2 * j], pts[2 * j + 1]]).collect();
+    let labels = usizes(&f["labels"]);
+    let target = MatchTarget { labels: &labels, masks: &masks, points: &points };
+    let cost = cost_matrices(
+        &[tensor(&f["class_logits"], [1, q, k1])],
+        &[tensor(&f["mask_logits"], [1, q, m, m])],
+        &[target],
         &w,
-    );
-    let got: Vec<f32> = cost.into_data().to_vec().unwrap();
-    let d = max_diff(&got, &floats(&f["cost"]));
+    )
+    .unwrap();
+    let d = max_diff(&cost[0][0], &floats(&f["cost"]));
     assert!(d < 1e-5, "max |Δ| {d}");
 }

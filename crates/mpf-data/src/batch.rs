@@ -63,17 +63,6 @@ impl Batch {
         })
     }
 
-    /// Masks of image `b` as `[G, H, W]` 0/1 floats, `None` without objects.
-    pub fn masks_tensor<B: Backend>(&self, b: usize, device: &B::Device) -> Option<Tensor<B, 3>> {
-        let objs = &self.objects[b];
-        if objs.is_empty() {
-            return None;
-        }
-        let [h, w] = self.padded;
-        let data: Vec<f32> = objs.iter().flat_map(|o| o.mask.data.iter().map(|&v| v as u8 as f32)).collect();
-        Some(Tensor::<B, 1>::from_data(TensorData::new(data, [objs.len() * h * w]), device).reshape([objs.len(), h, w]))
-    }
-
     /// Class ids of image `b`.
     pub fn labels(&self, b: usize) -> Vec<usize> {
         self.objects[b].iter().map(|o| o.label).collect()
@@ -97,10 +86,10 @@ mod tests {
         };
         let b = Batch::collate(vec![mk(40, 20, 2), mk(10, 50, 0)], 32).unwrap();
         assert_eq!(b.padded, [64, 64]);
-        let m = b.masks_tensor::<Flex>(0, &Default::default()).unwrap();
-        assert_eq!(m.dims(), [2, 64, 64]);
-        assert_eq!(m.sum().into_scalar(), (2 * 40 * 20) as f32, "padding is background");
-        assert!(b.masks_tensor::<Flex>(1, &Default::default()).is_none());
+        let m = &b.objects[0][1].mask;
+        assert_eq!([m.height, m.width], [64, 64]);
+        assert_eq!(b.objects[0].iter().map(|o| o.mask.area()).sum::<usize>(), 2 * 40 * 20, "padding is background");
+        assert!(b.objects[1].is_empty());
         let img = b.images_tensor::<Flex>(&InputConfig::default(), &Default::default()).unwrap();
         assert_eq!(img.images.dims(), [2, 3, 64, 64]);
         assert_eq!(img.image_sizes, vec![[40, 20], [10, 50]]);

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use burn::prelude::*;
-use mpf_criterion::matcher::{MatchStats, match_prediction, matcher_points};
+use mpf_criterion::matcher::{MatchStats, MatchTarget, match_predictions, matcher_points};
 use mpf_data::batch::Batch;
 use mpf_data::config::Split;
 use mpf_eval::layers::{LayerCounts, LayerMetrics};
@@ -83,15 +83,17 @@ pub fn analyse<B: Backend>(
         let batch = Batch::collate(vec![s], cfg.input.size_divisibility)?;
         let images = batch.images_tensor::<B>(&cfg.input, device)?;
         let labels = batch.labels(0);
-        let gt = [(labels.as_slice(), batch.masks_tensor::<B>(0, device))];
-        let points =
-            matcher_points::<B>(1, weights.num_points, &mut stream(cfg.seed, Stream::MatcherPoints, i as u64), device);
+        let gt_masks: Vec<_> = batch.objects[0].iter().map(|o| o.mask.clone()).collect();
+        let points = matcher_points(1, weights.num_points, &mut stream(cfg.seed, Stream::MatcherPoints, i as u64));
+        let target = MatchTarget { labels: &labels, masks: &gt_masks, points: &points[0] };
         let out = model.forward(images.images);
+        let class: Vec<_> = out.predictions.iter().map(|p| p.class_logits.clone()).collect();
+        let mask_logits: Vec<_> = out.predictions.iter().map(|p| p.mask_logits.clone()).collect();
+        let mut stats = MatchStats::default();
+        let found = match_predictions(&class, &mask_logits, &[target], &weights, &mut stats)?;
         let mut assign = Vec::new();
         let mut masks = Vec::new();
-        let mut stats = MatchStats::default();
-        for p in &out.predictions {
-            let a = match_prediction(&p.class_logits, &p.mask_logits, &gt, &points, &weights, &mut stats)?;
+        for (p, a) in out.predictions.iter().zip(found) {
             let mut per_object = vec![None; labels.len()];
             for &(q, g) in &a[0] {
                 per_object[g] = Some(q);

@@ -29,7 +29,7 @@ use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use mpf_criterion::{Criterion, CriterionStreams, ImageTargets};
+use mpf_criterion::{Criterion, CriterionStreams};
 use mpf_data::config::{Split, training_indices};
 use mpf_data::loader::{Loader, plan};
 use mpf_pilot::forward::{GtObjects, MpFormer, PilotStreams};
@@ -124,9 +124,10 @@ pub struct TrainReport {
 }
 
 /// One optimiser per parameter group.
-type Adam<B> = OptimizerAdaptor<AdamW, MpFormer<Autodiff<B>>, Autodiff<B>>;
+pub type Adam<B> = OptimizerAdaptor<AdamW, MpFormer<Autodiff<B>>, Autodiff<B>>;
 
-fn optimizers<B: Backend>(cfg: &ExperimentConfig, groups: &[ParamGroup]) -> Vec<Adam<B>> {
+/// One AdamW per parameter group, with the solver's betas, epsilon and the group's weight decay.
+pub fn optimizers<B: Backend>(cfg: &ExperimentConfig, groups: &[ParamGroup]) -> Vec<Adam<B>> {
     groups
         .iter()
         .map(|g| {
@@ -233,16 +234,15 @@ impl BackendTask for TrainTask {
     }
 }
 
-/// The host-side targets of a batch: (targets for the criterion, GT objects for the MP part).
-fn targets<B: Backend>(batch: &mpf_data::batch::Batch, device: &B::Device) -> (Vec<ImageTargets<B>>, Vec<GtObjects>) {
+/// The GT objects of a batch (labels and host masks at the padded size), for the MP part and the
+/// criterion.
+fn targets(batch: &mpf_data::batch::Batch) -> Vec<GtObjects> {
     (0..batch.images.len())
-        .map(|b| {
-            let labels = batch.labels(b);
-            let t = ImageTargets { labels: labels.clone(), masks: batch.masks_tensor::<B>(b, device) };
-            let g = GtObjects { labels, masks: batch.objects[b].iter().map(|o| o.mask.clone()).collect() };
-            (t, g)
+        .map(|b| GtObjects {
+            labels: batch.labels(b),
+            masks: batch.objects[b].iter().map(|o| o.mask.clone()).collect(),
         })
-        .unzip()
+        .collect()
 }
 
 fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> anyhow::Result<TrainReport> {
@@ -337,9 +337,9 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
             let index = step * accum + micro;
             let batch = batches.next().context("the data loader ended early")??;
             let images = batch.images_tensor::<AD<B>>(&cfg.input, &device)?;
-            let (tgt, gt) = targets::<AD<B>>(&batch, &device);
+            let gt = targets(&batch);
             let out = model.forward_train(images.images, &gt, &cfg.pilot, &mut PilotStreams::for_step(cfg.seed, index));
-            let losses = criterion.forward(&out, &tgt, &cfg.pilot, &mut CriterionStreams::for_step(cfg.seed, index))?;
+            let losses = criterion.forward(&out, &gt, &cfg.pilot, &mut CriterionStreams::for_step(cfg.seed, index))?;
             let terms = losses.report();
             if !terms["total"].is_finite() {
                 let bad: Vec<&String> = terms.iter().filter(|(_, v)| !v.is_finite()).map(|(k, _)| k).collect();
