@@ -1,5 +1,8 @@
-//! Multi-scale deformable attention (Deformable DETR's `MSDeformAttn`, spec §2.3), sampled with
-//! `grid_sample_2d` (bilinear, zero padding, `align_corners = false`).
+//! Multi-scale deformable attention (Deformable DETR's `MSDeformAttn`, spec §2.3): bilinear
+//! sampling with zero padding and `align_corners = false`. Two equivalent forms of the sampling
+//! core: [`ms_deform_attn_core`] (one `grid_sample_2d` per level, the backend's kernel, used
+//! without gradient) and [`ms_deform_attn_gather`] (one row gather with bilinear weights, used
+//! under autodiff, where `grid_sample` would be decomposed into dozens of recorded operations).
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -121,9 +124,79 @@ impl<B: Backend> MSDeformAttn<B> {
         let normalizer =
             Tensor::<B, 1>::from_data(TensorData::new(normalizer, [l * 2]), &device).reshape([1, 1, 1, l, 1, 2]);
         let locations = reference_points.reshape([b, lq, 1, l, 1, 2]) + offsets / normalizer;
-        let out = ms_deform_attn_core(value, spatial_shapes, locations, weights);
+        // Burn's autodiff backend has no `grid_sample` of its own: it decomposes it into dozens of
+        // recorded operations, where the gather form records a handful. Without autodiff the
+        // backend's `grid_sample` kernel runs.
+        let out = if B::ad_enabled(&device) {
+            ms_deform_attn_gather(value, spatial_shapes, locations, weights)
+        } else {
+            ms_deform_attn_core(value, spatial_shapes, locations, weights)
+        };
         self.output_proj.forward(out)
     }
+}
+
+/// [`ms_deform_attn_core`] as one row gather: each sample's four bilinear corners are rows of the
+/// value tensor laid out `[B·M·S, D]`, weighted by bilinear weight × attention weight (0 for
+/// corners outside their level: zero padding) and summed per query and head. Differentiable in
+/// `value`, `locations` and `weights` with a handful of autodiff operations (the backward of the
+/// gather is one `select_add`); the same numbers as the `grid_sample` form up to rounding.
+///
+/// # Shapes
+/// - `value`: `[B, S, M, D]`
+/// - `locations`: `[B, Lq, M, L, P, 2]`, `(x, y)` in `[0, 1]` (outside samples zeros)
+/// - `weights`: `[B, Lq, M, L, P]`
+/// - output: `[B, Lq, M·D]`
+pub fn ms_deform_attn_gather<B: Backend>(
+    value: Tensor<B, 4>,
+    spatial_shapes: &[[usize; 2]],
+    locations: Tensor<B, 6>,
+    weights: Tensor<B, 5>,
+) -> Tensor<B, 3> {
+    let [b, s, m, dh] = value.dims();
+    let [_, lq, _, l, p, _] = locations.dims();
+    let device = value.device();
+    let rows = value.swap_dims(1, 2).reshape([b * m * s, dh]);
+    // Pixel coordinates (half-pixel centres) of every sample at its level's size.
+    let sizes: Vec<f32> = spatial_shapes.iter().flat_map(|&[h, w]| [w as f32, h as f32]).collect();
+    let sizes = Tensor::<B, 1>::from_data(TensorData::new(sizes, [l * 2]), &device).reshape([1, 1, 1, l, 1, 2]);
+    let pixel = locations * sizes.clone() - 0.5;
+    let floor = pixel.clone().detach().floor();
+    let frac = pixel - floor.clone(); // carries the gradient of the locations
+    let (fx, fy) = (frac.clone().narrow(5, 0, 1), frac.narrow(5, 1, 1));
+    // Corners (dy, dx) in the order (0,0), (0,1), (1,0), (1,1).
+    let (gx, gy) = (fx.clone().neg() + 1.0, fy.clone().neg() + 1.0);
+    let bilinear = Tensor::cat(vec![gx.clone() * gy.clone(), fx.clone() * gy, gx * fy.clone(), fx * fy], 5);
+    // Validity and row index of each corner, without gradient.
+    let dx = Tensor::<B, 1>::from_floats([0.0, 1.0, 0.0, 1.0], &device).reshape([1, 1, 1, 1, 1, 4]);
+    let dy = Tensor::<B, 1>::from_floats([0.0, 0.0, 1.0, 1.0], &device).reshape([1, 1, 1, 1, 1, 4]);
+    let xi = floor.clone().narrow(5, 0, 1) + dx;
+    let yi = floor.narrow(5, 1, 1) + dy;
+    let (w_l, h_l) = (sizes.clone().narrow(5, 0, 1), sizes.narrow(5, 1, 1));
+    let inside = xi
+        .clone()
+        .greater_equal_elem(0.0)
+        .bool_and(yi.clone().greater_equal_elem(0.0))
+        .bool_and((xi.clone() - w_l.clone()).lower_elem(0.0))
+        .bool_and((yi.clone() - h_l).lower_elem(0.0));
+    // Row of (b, m, level start + y·w + x) in [B·M·S, D].
+    let mut base = Vec::with_capacity(b * m * l);
+    for bi in 0..b {
+        for mi in 0..m {
+            let mut start = 0;
+            for &[h, w] in spatial_shapes {
+                base.push(((bi * m + mi) * s + start) as f32);
+                start += h * w;
+            }
+        }
+    }
+    assert!(b * m * s < 1 << 24, "deformable attention: {b}·{m}·{s} value rows exceed exact f32 indexing");
+    let base = Tensor::<B, 1>::from_data(TensorData::new(base, [b * m * l]), &device).reshape([b, 1, m, l, 1, 1]);
+    let index = (base + yi * w_l + xi).mask_fill(inside.clone().bool_not(), 0.0).int();
+    let n = b * lq * m * l * p * 4;
+    let corner_weights = bilinear * inside.float() * weights.reshape([b, lq, m, l, p, 1]);
+    let sampled = rows.select(0, index.reshape([n])) * corner_weights.reshape([n, 1]);
+    sampled.reshape([b * lq * m, l * p * 4, dh]).sum_dim(1).reshape([b, lq, m * dh])
 }
 
 /// The sampling-and-weighting core of deformable attention (a tensor version of the reference's
