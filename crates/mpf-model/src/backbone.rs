@@ -7,6 +7,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::PaddedConvOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
@@ -179,9 +181,46 @@ impl<B: Backend> FrozenBatchNorm2d<B> {
     /// - `x`: `[B, C, H, W]` → same
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let c = x.dims()[1];
+        let (scale, shift) = self.affine();
+        x * scale.reshape([1, c, 1, 1]) + shift.reshape([1, c, 1, 1])
+    }
+
+    /// The fixed affine transform `y = scale · x + shift` (no gradient).
+    ///
+    /// # Shapes
+    /// - output: (`[C]`, `[C]`)
+    pub fn affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let scale = self.weight.val() * self.running_var.val().add_scalar(Self::EPS).sqrt().recip();
         let shift = self.bias.val() - self.running_mean.val() * scale.clone();
-        x * scale.detach().reshape([1, c, 1, 1]) + shift.detach().reshape([1, c, 1, 1])
+        (scale.detach(), shift.detach())
+    }
+}
+
+/// `norm(conv(x))`. A frozen batch norm is folded into the conv (`W·scale`, `b·scale + shift`):
+/// one conv instead of a conv and two full-size element-wise operations, in the forward and the
+/// backward pass; equal up to rounding.
+///
+/// # Shapes
+/// - `x`: `[B, C_in, H, W]` → `[B, C_out, H', W']`
+pub fn conv_norm<B: Backend>(conv: &Conv2d<B>, norm: &Norm2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => Some(([0, 0], [0, 0])),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some(([top, left], [bottom, right])),
+        PaddingConfig2d::Same => None,
+    };
+    match (norm, padding) {
+        (Norm2d::Frozen(bn), Some((start, end))) => {
+            let (scale, shift) = bn.affine();
+            let c = scale.dims()[0];
+            let weight = conv.weight.val() * scale.clone().reshape([c, 1, 1, 1]);
+            let bias = match &conv.bias {
+                Some(b) => b.val() * scale + shift,
+                None => shift,
+            };
+            let options = PaddedConvOptions::asymmetric(conv.stride, start, end, conv.dilation, conv.groups);
+            conv2d(x, weight, Some(bias), options)
+        }
+        _ => norm.forward(conv.forward(x)),
     }
 }
 
@@ -265,17 +304,17 @@ impl<B: Backend> Block<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let (out, downsample) = match self {
             Block::Basic(b) => {
-                let y = relu(b.bn1.forward(b.conv1.forward(x.clone())));
-                (b.bn2.forward(b.conv2.forward(y)), &b.downsample)
+                let y = relu(conv_norm(&b.conv1, &b.bn1, x.clone()));
+                (conv_norm(&b.conv2, &b.bn2, y), &b.downsample)
             }
             Block::Bottleneck(b) => {
-                let y = relu(b.bn1.forward(b.conv1.forward(x.clone())));
-                let y = relu(b.bn2.forward(b.conv2.forward(y)));
-                (b.bn3.forward(b.conv3.forward(y)), &b.downsample)
+                let y = relu(conv_norm(&b.conv1, &b.bn1, x.clone()));
+                let y = relu(conv_norm(&b.conv2, &b.bn2, y));
+                (conv_norm(&b.conv3, &b.bn3, y), &b.downsample)
             }
         };
         let identity = match downsample {
-            Some(d) => d.norm.forward(d.conv.forward(x)),
+            Some(d) => conv_norm(&d.conv, &d.norm, x),
             None => x,
         };
         relu(out + identity)
@@ -320,7 +359,7 @@ impl<B: Backend> ResNet<B> {
     /// - `x`: `[B, 3, H, W]` (normalised), H and W multiples of 32
     /// - output: see [`BackboneFeatures`]
     pub fn forward(&self, x: Tensor<B, 4>) -> BackboneFeatures<B> {
-        let x = self.maxpool.forward(relu(self.bn1.forward(self.conv1.forward(x))));
+        let x = self.maxpool.forward(relu(conv_norm(&self.conv1, &self.bn1, x)));
         let run = |stage: &[Block<B>], x: Tensor<B, 4>| stage.iter().fold(x, |x, b| b.forward(x));
         let res2 = run(&self.layer1, x);
         let res3 = run(&self.layer2, res2.clone());
@@ -364,6 +403,27 @@ mod tests {
         let net = ResNetConfig::new().init::<TestBackend>(&Default::default()).unwrap();
         assert_eq!(net.num_params(), 23_561_152);
         assert_eq!(crate::model::trainable_params(&net), 23_508_032 - 53_120);
+    }
+
+    #[test]
+    fn folded_conv_norm_equals_conv_then_norm() {
+        let device = Default::default();
+        TestBackend::seed(&device, 4);
+        let conv = Conv2dConfig::new([3, 5], [3, 3])
+            .with_stride([2, 2])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init::<TestBackend>(&device);
+        let mut bn = FrozenBatchNorm2d::<TestBackend>::new(5, &device);
+        let frozen = |v: Tensor<TestBackend, 1>| Param::from_tensor(v).set_require_grad(false);
+        bn.weight = frozen(Tensor::from_floats([0.5, 2.0, -1.0, 1.5, 0.1], &device));
+        bn.bias = frozen(Tensor::from_floats([0.1, -0.2, 0.3, 0.0, 1.0], &device));
+        bn.running_mean = frozen(Tensor::from_floats([1.0, 0.0, -0.5, 0.2, 0.3], &device));
+        bn.running_var = frozen(Tensor::from_floats([4.0, 0.25, 1.0, 2.0, 0.5], &device));
+        let norm = Norm2d::Frozen(bn);
+        let x = Tensor::<TestBackend, 4>::random([2, 3, 9, 7], burn::tensor::Distribution::Default, &device);
+        let folded = conv_norm(&conv, &norm, x.clone()).into_data().to_vec::<f32>().unwrap();
+        let plain = norm.forward(conv.forward(x)).into_data().to_vec::<f32>().unwrap();
+        assert!(crate::test_util::max_abs_diff(&folded, &plain) < 1e-5);
     }
 
     #[test]
