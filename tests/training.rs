@@ -182,7 +182,7 @@ fn ten_steps_then_resume_ten_equals_twenty_steps() {
     assert!(files.iter().all(|f| f.exists()) && files.len() == 3);
 
     let images = dir.path().join("synth");
-    mpformer::data::synth::write(&images, 2, 9, 48).unwrap();
+    mpformer::data::synth::write(&images, mpformer::data::synth::SynthStyle::Cluttered, 2, 9, 48).unwrap();
     let inputs = mpformer::train::predict::list_images(&images.join("images")).unwrap();
     let preds = PredictTask {
         checkpoint: ck,

@@ -11,6 +11,7 @@
 //! | `ignore_label` | 255 | semantic: pixels of this value belong to no object |
 //! | `reduce_zero_label` | false | semantic: 0 → ignore, `v` → class `v − 1` (ADE20K) |
 //! | `synthetic_train`, `synthetic_val`, `synthetic_size` | 400, 50, 128 | synthetic set sizes |
+//! | `synthetic_style` | `"cluttered"` | `cluttered` (the benchmark shapes) or `simple` (1–3 solid shapes, the default run) |
 //! | `batch_size` | 16 | images per step (before gradient accumulation) |
 //! | `workers`, `prefetch` | 2, 2 | loader threads and batches queued per thread |
 //! | `augment` | `"lsj"` | `lsj`, `semantic` or `none` for training (evaluation never augments) |
@@ -28,7 +29,7 @@ use crate::augment::{Augment, Lsj, SemanticAug};
 use crate::coco::CocoInstances;
 use crate::panoptic::CocoPanoptic;
 use crate::semantic::SemanticFolder;
-use crate::synth::SynthDataset;
+use crate::synth::{SynthDataset, SynthStyle};
 use crate::{DataError, Dataset};
 
 /// Data set file format.
@@ -84,6 +85,7 @@ pub struct DataConfig {
     pub synthetic_train: usize,
     pub synthetic_val: usize,
     pub synthetic_size: usize,
+    pub synthetic_style: SynthStyle,
     pub batch_size: usize,
     pub workers: usize,
     pub prefetch: usize,
@@ -115,6 +117,7 @@ impl Default for DataConfig {
             synthetic_train: 400,
             synthetic_val: 50,
             synthetic_size: 128,
+            synthetic_style: SynthStyle::Cluttered,
             batch_size: 16,
             workers: 2,
             prefetch: 2,
@@ -156,7 +159,7 @@ impl DataConfig {
                     Split::Train => (0, self.synthetic_train),
                     Split::Val => (1 << 32, self.synthetic_val),
                 };
-                Arc::new(SynthDataset::new(seed, offset, n, self.synthetic_size))
+                Arc::new(SynthDataset::new(seed, offset, n, self.synthetic_size).with_style(self.synthetic_style))
             }
             Format::Coco => {
                 Arc::new(CocoInstances::open(&need(ann, &key("annotations"))?, &need(images, &key("images"))?)?)
@@ -265,7 +268,7 @@ mod tests {
     #[test]
     fn training_keeps_images_with_objects_and_evaluation_keeps_all() {
         let dir = tempfile::tempdir().unwrap();
-        crate::synth::write(dir.path(), 3, 2, 32).unwrap();
+        crate::synth::write(dir.path(), SynthStyle::Cluttered, 3, 2, 32).unwrap();
         // Drop every annotation of image 1: it stays in the data set, not in the training order.
         let path = dir.path().join("instances.json");
         let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -1,36 +1,54 @@
-//! The synthetic shapes data set: textured, overlapping discs, squares, triangles, rings and bars
-//! of many sizes on cluttered backgrounds. Colours and textures are drawn independently of the
-//! class, so a model has to learn shape, and clutter (lines, specks, blotches) is not an object.
-//! Every image is a pure function of (seed, index): the in-memory [`SynthDataset`] and the files
-//! [`write`] produces are the same data.
+//! The synthetic shapes data set: discs, squares, triangles, rings and bars. Colours are drawn
+//! independently of the class, so a model has to learn shape. Two styles ([`SynthStyle`]):
+//!
+//! - `cluttered` (the benchmark set): 2–6 textured, overlapping shapes of many sizes on a noisy
+//!   background with lines and specks that are not objects;
+//! - `simple` (the default run's set, learnable in minutes on a CPU): 1–3 larger, solid-coloured
+//!   shapes on a smooth background, no clutter.
+//!
+//! Every image is a pure function of (style, seed, index): the in-memory [`SynthDataset`] and the
+//! files [`write`] produces are the same data.
 
 use std::f64::consts::PI;
 use std::path::Path;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{BinaryMask, ClassInfo, DataError, Dataset, Object, RgbImage, Sample, Summary, write_png};
 
 /// The classes, in id order.
 pub const CLASS_NAMES: [&str; 5] = ["disc", "square", "triangle", "ring", "bar"];
 
+/// How hard the synthetic images are (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SynthStyle {
+    /// 2–6 textured, overlapping shapes of many sizes on a cluttered background.
+    #[default]
+    Cluttered,
+    /// 1–3 larger solid shapes on a smooth background.
+    Simple,
+}
+
 /// Image `index` of the synthetic set seeded `seed`, `size × size` pixels.
-pub fn generate(seed: u64, index: u64, size: usize) -> Sample {
+pub fn generate(style: SynthStyle, seed: u64, index: u64, size: usize) -> Sample {
     let mut rng = StdRng::seed_from_u64(
         seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ 0x5EED,
     );
     let s = size as f64;
-    let mut pixels = background(size, &mut rng);
-    let n_target = rng.random_range(2..=6);
+    let simple = style == SynthStyle::Simple;
+    let mut pixels = background(size, if simple { 4.0 } else { 18.0 }, &mut rng);
+    let n_target = if simple { rng.random_range(1..=3) } else { rng.random_range(2..=6) };
+    let (radius, centre) = if simple { (0.12..0.28, 0.15 * s..0.85 * s) } else { (0.06..0.24, -0.1 * s..1.1 * s) };
     let mut objects: Vec<Object> = Vec::new();
     let mut attempts = 0;
     while objects.len() < n_target && attempts < 40 {
         attempts += 1;
         let label = rng.random_range(0..CLASS_NAMES.len());
-        let r = s * rng.random_range(0.06..0.24);
-        let (cy, cx) = (rng.random_range(-0.1 * s..1.1 * s), rng.random_range(-0.1 * s..1.1 * s));
+        let r = s * rng.random_range(radius.clone());
+        let (cy, cx) = (rng.random_range(centre.clone()), rng.random_range(centre.clone()));
         let angle = rng.random_range(0.0..PI);
         let shape = rasterise(label, size, cy, cx, r, angle);
         let area = shape.iter().filter(|&&b| b).count();
@@ -51,10 +69,16 @@ pub fn generate(seed: u64, index: u64, size: usize) -> Sample {
                 *m &= !b;
             }
         }
-        paint(&mut pixels, size, &shape, &mut rng);
+        if simple {
+            paint_solid(&mut pixels, size, &shape, &mut rng);
+        } else {
+            paint(&mut pixels, size, &shape, &mut rng);
+        }
         objects.push(Object { label, mask: BinaryMask { height: size, width: size, data: shape } });
     }
-    clutter(&mut pixels, size, &objects, &mut rng);
+    if !simple {
+        clutter(&mut pixels, size, &objects, &mut rng);
+    }
     Sample {
         id: index,
         file: format!("{index:06}.png"),
@@ -63,7 +87,7 @@ pub fn generate(seed: u64, index: u64, size: usize) -> Sample {
     }
 }
 
-fn background(size: usize, rng: &mut StdRng) -> Vec<u8> {
+fn background(size: usize, noise: f64, rng: &mut StdRng) -> Vec<u8> {
     let a: [f64; 3] = std::array::from_fn(|_| rng.random_range(40.0..200.0));
     let b: [f64; 3] = std::array::from_fn(|_| rng.random_range(40.0..200.0));
     let theta = rng.random_range(0.0..2.0 * PI);
@@ -72,7 +96,7 @@ fn background(size: usize, rng: &mut StdRng) -> Vec<u8> {
         for x in 0..size {
             let t = ((x as f64 * theta.cos() + y as f64 * theta.sin()) / size as f64 * 0.7 + 0.5).clamp(0.0, 1.0);
             for c in 0..3 {
-                let noise = rng.random_range(-18.0..18.0);
+                let noise = rng.random_range(-noise..noise);
                 px[(y * size + x) * 3 + c] = (a[c] * (1.0 - t) + b[c] * t + noise).clamp(0.0, 255.0) as u8;
             }
         }
@@ -128,6 +152,24 @@ fn paint(px: &mut [u8], size: usize, shape: &[bool], rng: &mut StdRng) {
     }
 }
 
+/// Fills `shape` with one colour that stands out from what is under it (at least 90 in the sum of
+/// channel differences from the mean colour there).
+fn paint_solid(px: &mut [u8], size: usize, shape: &[bool], rng: &mut StdRng) {
+    let under: Vec<usize> = (0..size * size).filter(|&i| shape[i]).collect();
+    let mean: [f64; 3] =
+        std::array::from_fn(|c| under.iter().map(|&i| px[i * 3 + c] as f64).sum::<f64>() / under.len().max(1) as f64);
+    let mut colour = [0u8; 3];
+    for _ in 0..20 {
+        colour = std::array::from_fn(|_| rng.random_range(0..=255));
+        if (0..3).map(|c| (colour[c] as f64 - mean[c]).abs()).sum::<f64>() >= 90.0 {
+            break;
+        }
+    }
+    for i in under {
+        px[i * 3..i * 3 + 3].copy_from_slice(&colour);
+    }
+}
+
 /// Thin lines and small specks over the background only (never over an object).
 fn clutter(px: &mut [u8], size: usize, objects: &[Object], rng: &mut StdRng) {
     let covered = |i: usize| objects.iter().any(|o| o.mask.data[i]);
@@ -156,6 +198,7 @@ fn clutter(px: &mut [u8], size: usize, objects: &[Object], rng: &mut StdRng) {
 /// The synthetic set in memory: images `offset .. offset + len` of seed `seed`.
 #[derive(Debug, Clone)]
 pub struct SynthDataset {
+    style: SynthStyle,
     seed: u64,
     offset: u64,
     len: usize,
@@ -173,7 +216,12 @@ impl SynthDataset {
             .enumerate()
             .map(|(i, n)| ClassInfo { name: n.to_string(), is_thing: true, source_id: i as u64 + 1 })
             .collect();
-        Self { seed, offset, len, size, classes, summary: Summary::default() }
+        Self { style: SynthStyle::Cluttered, seed, offset, len, size, classes, summary: Summary::default() }
+    }
+
+    /// The same images in another style.
+    pub fn with_style(self, style: SynthStyle) -> Self {
+        Self { style, ..self }
     }
 }
 
@@ -187,7 +235,7 @@ impl Dataset for SynthDataset {
     }
 
     fn get(&self, index: usize) -> Result<Sample, DataError> {
-        Ok(generate(self.seed, self.offset + index as u64, self.size))
+        Ok(generate(self.style, self.seed, self.offset + index as u64, self.size))
     }
 
     fn num_objects(&self, _index: usize) -> Option<usize> {
@@ -211,7 +259,7 @@ struct SegmentOut {
 /// `instances.json` (compressed RLE), panoptic `panoptic.json` + `panoptic/*.png`, and semantic
 /// label PNGs `semantic/*.png` (0 = background, `k + 1` = class `k`: read them with
 /// `reduce_zero_label = true`). Returns the number of objects written.
-pub fn write(dir: &Path, images: usize, seed: u64, size: usize) -> Result<usize, DataError> {
+pub fn write(dir: &Path, style: SynthStyle, images: usize, seed: u64, size: usize) -> Result<usize, DataError> {
     let mk = |d: &Path| {
         std::fs::create_dir_all(d).map_err(|e| DataError::Write { path: d.to_path_buf(), message: e.to_string() })
     };
@@ -223,7 +271,7 @@ pub fn write(dir: &Path, images: usize, seed: u64, size: usize) -> Result<usize,
     let mut pan_json = Vec::new();
     let mut next_ann = 1u64;
     for index in 0..images as u64 {
-        let s = generate(seed, index, size);
+        let s = generate(style, seed, index, size);
         write_png(&dir.join("images").join(&s.file), &s.image)?;
         img_json.push(serde_json::json!({"id": index, "file_name": s.file, "height": size, "width": size}));
         let mut pan = vec![0u8; size * size * 3];

@@ -121,14 +121,14 @@ fn bad_coco_input_names_the_file_and_item() {
 fn synthetic_files_read_back_through_every_reader() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let n = synth::write(d, 3, 11, 64).unwrap();
+    let n = synth::write(d, synth::SynthStyle::Cluttered, 3, 11, 64).unwrap();
     assert!(n >= 6);
     let coco = CocoInstances::open(&d.join("instances.json"), &d.join("images")).unwrap();
     let pan = CocoPanoptic::open(&d.join("panoptic.json"), &d.join("images"), &d.join("panoptic")).unwrap();
     let names: Vec<String> = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
     let sem = SemanticFolder::open(&d.join("images"), &d.join("semantic"), &names, 255, true).unwrap();
     for i in 0..3 {
-        let truth = synth::generate(11, i as u64, 64);
+        let truth = synth::generate(synth::SynthStyle::Cluttered, 11, i as u64, 64);
         let c = coco.get(i).unwrap();
         assert_eq!(c.image.pixels, truth.image.pixels);
         assert_eq!(c.objects, truth.objects, "instance view, image {i}");
@@ -147,7 +147,7 @@ fn synthetic_files_read_back_through_every_reader() {
 fn bad_semantic_and_panoptic_input() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    synth::write(d, 2, 5, 32).unwrap();
+    synth::write(d, synth::SynthStyle::Cluttered, 2, 5, 32).unwrap();
     let names: Vec<String> = CLASS_NAMES.iter().map(|s| s.to_string()).collect();
     // A label PNG whose size differs from its image.
     image::GrayImage::new(16, 32).save(d.join("semantic/000001.png")).unwrap();

@@ -223,6 +223,9 @@ enum Command {
         /// Image side in pixels.
         #[arg(long, default_value_t = 128)]
         size: usize,
+        /// `cluttered` (the benchmark set) or `simple` (the default run's set).
+        #[arg(long, value_enum, default_value_t = StyleArg::Cluttered)]
+        style: StyleArg,
     },
     /// Read a data set as training would and print counts per class, objects per image and what
     /// was skipped.
@@ -255,6 +258,12 @@ enum IouArg {
 enum SplitArg {
     Train,
     Val,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+enum StyleArg {
+    Cluttered,
+    Simple,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -565,9 +574,13 @@ fn main() -> anyhow::Result<()> {
             }
             println!("checkpoint: {}", output.display());
         }
-        Command::Synth { out, images, seed, size } => {
+        Command::Synth { out, images, seed, size, style } => {
             anyhow::ensure!(size >= 16, "--size must be at least 16 pixels");
-            let n = mpf_data::synth::write(&out, images, seed, size)?;
+            let style = match style {
+                StyleArg::Cluttered => mpf_data::synth::SynthStyle::Cluttered,
+                StyleArg::Simple => mpf_data::synth::SynthStyle::Simple,
+            };
+            let n = mpf_data::synth::write(&out, style, images, seed, size)?;
             println!("wrote {images} images with {n} objects to {}", out.display());
             println!("  instances: {}", out.join("instances.json").display());
             println!("  panoptic:  {} + {}", out.join("panoptic.json").display(), out.join("panoptic").display());
