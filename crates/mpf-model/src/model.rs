@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::backbone::{ResNet, ResNetConfig};
 use crate::decoder::{DecoderOutput, ExtraQueries, TransformerDecoder, TransformerDecoderConfig};
-use crate::pixel_decoder::{PixelDecoder, PixelDecoderConfig};
+use crate::pixel_decoder::{PixelDecoder, PixelDecoderConfig, PixelDecoderOutput};
 
 /// Input normalisation and padding (spec §2.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,8 +123,19 @@ impl<B: Backend> Mask2Former<B> {
 
     /// Forward with extra queries prepended (see [`ExtraQueries`]); predictions then cover `P + Q`.
     pub fn forward_with_extra(&self, images: Tensor<B, 4>, extra: Option<ExtraQueries<'_, B>>) -> DecoderOutput<B> {
-        let features = self.backbone.forward(images);
-        let pixel = self.pixel_decoder.forward(&features);
+        self.decode(self.encode(images), extra)
+    }
+
+    /// Backbone and pixel decoder: everything before the transformer decoder.
+    ///
+    /// # Shapes
+    /// - `images`: `[B, 3, H, W]` → see [`PixelDecoderOutput`]
+    pub fn encode(&self, images: Tensor<B, 4>) -> PixelDecoderOutput<B> {
+        self.pixel_decoder.forward(&self.backbone.forward(images))
+    }
+
+    /// The transformer decoder and heads on the pixel decoder's output, with optional extra queries.
+    pub fn decode(&self, pixel: PixelDecoderOutput<B>, extra: Option<ExtraQueries<'_, B>>) -> DecoderOutput<B> {
         self.decoder.forward(&pixel.multi_scale_features, pixel.mask_features, extra)
     }
 }

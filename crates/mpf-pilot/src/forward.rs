@@ -9,6 +9,7 @@ use burn::module::{Initializer, Param};
 use burn::prelude::*;
 use mpf_model::Mask2Former;
 use mpf_model::decoder::{DecoderOutput, ExtraQueries, Prediction};
+use mpf_model::pixel_decoder::PixelDecoderOutput;
 use mpf_model::rng::{Stream, stream};
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -223,6 +224,18 @@ impl<B: Backend> MpFormer<B> {
         pilot: &PilotConfig,
         streams: &mut PilotStreams,
     ) -> PilotedOutput<B> {
+        self.decode_train(self.model.encode(images), gt, pilot, streams)
+    }
+
+    /// The decoder part of [`Self::forward_train`], on the output of `self.model.encode` (so
+    /// benchmarks can time backbone, pixel decoder and decoder apart).
+    pub fn decode_train(
+        &self,
+        pixel: PixelDecoderOutput<B>,
+        gt: &[GtObjects],
+        pilot: &PilotConfig,
+        streams: &mut PilotStreams,
+    ) -> PilotedOutput<B> {
         let layout = match (&self.label_enc, pilot.enabled) {
             (Some(_), true) => {
                 let labels: Vec<Vec<usize>> = gt.iter().map(|g| g.labels.clone()).collect();
@@ -237,9 +250,9 @@ impl<B: Backend> MpFormer<B> {
             _ => None,
         };
         let (Some(layout), Some(label_enc)) = (layout, &self.label_enc) else {
-            return PilotedOutput { output: self.model.forward(images), layout: None };
+            return PilotedOutput { output: self.model.decode(pixel, None), layout: None };
         };
-        let output = forward_piloted(&self.model, label_enc, images, &layout, gt, pilot, &mut streams.mask);
+        let output = forward_piloted(&self.model, label_enc, pixel, &layout, gt, pilot, &mut streams.mask);
         PilotedOutput { output, layout: Some(layout) }
     }
 }
@@ -251,13 +264,13 @@ impl<B: Backend> MpFormer<B> {
 pub fn forward_piloted<B: Backend>(
     model: &Mask2Former<B>,
     labels: &LabelEmbedding<B>,
-    images: Tensor<B, 4>,
+    pixel: PixelDecoderOutput<B>,
     layout: &MpLayout,
     gt: &[GtObjects],
     pilot: &PilotConfig,
     rng: &mut impl Rng,
 ) -> DecoderOutput<B> {
-    let device = images.device();
+    let device = pixel.mask_features.device();
     let b = layout.slots.len();
     let p = layout.num_slots();
     let q = model.decoder.num_queries();
@@ -283,7 +296,7 @@ pub fn forward_piloted<B: Backend>(
         self_attn_mask: Some(self_attn_mask),
         cross_attn_rows: Some(&mut rows),
     };
-    model.forward_with_extra(images, Some(extra))
+    model.decode(pixel, Some(extra))
 }
 
 #[cfg(test)]
