@@ -1,19 +1,21 @@
 //! The training-speed reformulations against the generic compositions they replace, forward and
 //! gradient, on flex and (with the `wgpu` feature) on wgpu:
 //!
-//! - deformable attention as one row gather (`ms_deform_attn_gather`) against per-level
-//!   `grid_sample` (`ms_deform_attn_core`), gradients with respect to the values, the sampling
-//!   locations and the attention weights;
+//! - deformable attention as one row gather (`SamplingForm::Gather`) against per-level
+//!   `grid_sample` (`SamplingForm::GridSample`), gradients with respect to the query, the values
+//!   and all four projections;
 //! - the losses' point sampling as a gather of bilinear corners (`gather_points`) against
 //!   `grid_sample` (`point_sample`), gradient with respect to the mask logits.
 
 mod common;
 
 use burn::backend::Autodiff;
+use burn::module::Param;
 use burn::prelude::*;
 use common::{host, max_abs_diff};
 use mpformer::criterion::points::{Corners, Point, gather_points, point_sample};
-use mpformer::model::deform_attn::{ms_deform_attn_core, ms_deform_attn_gather};
+use mpformer::model::deform_attn::{MSDeformAttnConfig, ReferenceGrid, SamplingForm};
+use mpformer::model::pixel_decoder::reference_points;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -25,36 +27,52 @@ fn random(n: usize, lo: f32, hi: f32, rng: &mut StdRng) -> Vec<f32> {
     (0..n).map(|_| lo + (hi - lo) * rng.random::<f32>()).collect()
 }
 
-/// Forward and the three gradients of both forms; returns the worst difference.
+/// The deformable attention module in its gather and `grid_sample` forms: output and the
+/// gradients of the query, the values and every projection; returns the worst difference.
 fn deform_attn_parity<B: Backend>(device: &B::Device) -> f32 {
     type A<B> = Autodiff<B>;
     let shapes = [[4usize, 6usize], [2, 3], [1, 2]];
-    let (b, m, dh, lq, l, p) = (2, 2, 3, 7, 3, 2);
+    let (b, d, m, l, p) = (2, 12, 2, 3, 2);
     let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
     let mut rng = StdRng::seed_from_u64(5);
-    let value = random(b * s * m * dh, -1.0, 1.0, &mut rng);
-    // Locations spill outside [0, 1] to exercise the zero padding.
-    let loc = random(b * lq * m * l * p * 2, -0.25, 1.25, &mut rng);
-    let wts = random(b * lq * m * l * p, 0.0, 1.0, &mut rng);
-    let up = random(b * lq * m * dh, -1.0, 1.0, &mut rng);
-    let run = |gather: bool| {
-        let v = tensor::<A<B>, 4>(&value, [b, s, m, dh], device).require_grad();
-        let lo = tensor::<A<B>, 6>(&loc, [b, lq, m, l, p, 2], device).require_grad();
-        let w = tensor::<A<B>, 5>(&wts, [b, lq, m, l, p], device).require_grad();
-        let out = if gather {
-            ms_deform_attn_gather(v.clone(), &shapes, lo.clone(), w.clone())
-        } else {
-            ms_deform_attn_core(v.clone(), &shapes, lo.clone(), w.clone())
-        };
-        let grads = (out.clone() * tensor::<A<B>, 3>(&up, [b, lq, m * dh], device)).sum().backward();
-        [host(out), host(v.grad(&grads).unwrap()), host(lo.grad(&grads).unwrap()), host(w.grad(&grads).unwrap())]
+    let mut attn =
+        MSDeformAttnConfig::new().with_d_model(d).with_n_heads(m).with_n_levels(l).with_n_points(p).init::<A<B>>(device);
+    // Random projections everywhere (the initial sampling and attention weights are zero), large
+    // enough that samples spill outside the levels (zero padding).
+    let param = |n: usize, shape: [usize; 2], scale: f32, rng: &mut StdRng| {
+        Param::from_tensor(tensor::<A<B>, 2>(&random(n, -scale, scale, rng), shape, device))
     };
-    let (ours, reference) = (run(true), run(false));
-    let names = ["output", "d value", "d locations", "d weights"];
+    attn.sampling_offsets.weight = param(d * m * l * p * 2, [d, m * l * p * 2], 1.5, &mut rng);
+    attn.attention_weights.weight = param(d * m * l * p, [d, m * l * p], 1.0, &mut rng);
+    attn.value_proj.weight = param(d * d, [d, d], 0.5, &mut rng);
+    attn.output_proj.weight = param(d * d, [d, d], 0.5, &mut rng);
+    let query = random(b * s * d, -1.0, 1.0, &mut rng);
+    let input = random(b * s * d, -1.0, 1.0, &mut rng);
+    let up = random(b * s * d, -1.0, 1.0, &mut rng);
+    let grid = ReferenceGrid::new(&reference_points(&shapes), b, &shapes, m, p, device);
+    let run = |form: SamplingForm| {
+        let q = tensor::<A<B>, 3>(&query, [b, s, d], device).require_grad();
+        let v = tensor::<A<B>, 3>(&input, [b, s, d], device).require_grad();
+        let out = attn.forward_with(q.clone(), &grid, v.clone(), form);
+        let g = (out.clone() * tensor::<A<B>, 3>(&up, [b, s, d], device)).sum().backward();
+        let pg = |w: &Param<Tensor<A<B>, 2>>| host(w.grad(&g).unwrap());
+        [
+            host(out),
+            host(q.grad(&g).unwrap()),
+            host(v.grad(&g).unwrap()),
+            pg(&attn.sampling_offsets.weight),
+            pg(&attn.attention_weights.weight),
+            pg(&attn.value_proj.weight),
+            pg(&attn.output_proj.weight),
+        ]
+    };
+    let (ours, reference) = (run(SamplingForm::Gather), run(SamplingForm::GridSample));
+    let names = ["output", "d query", "d values", "d sampling_offsets", "d attention_weights", "d value_proj", "d output_proj"];
     let mut worst = 0f32;
     for ((a, r), name) in ours.iter().zip(&reference).zip(names) {
-        let d = max_abs_diff(a, r);
-        assert!(d < 1e-4, "{name} differs by {d}");
+        let scale = r.iter().fold(1f32, |acc, v| acc.max(v.abs()));
+        let d = max_abs_diff(a, r) / scale;
+        assert!(d < 1e-4, "{name} differs by {d} (relative to its largest entry)");
         worst = worst.max(d);
     }
     worst
@@ -92,7 +110,7 @@ fn gather_forms_match_grid_sample_on_flex() {
     let device = Default::default();
     let d = deform_attn_parity::<burn::backend::Flex>(&device);
     let p = point_gather_parity::<burn::backend::Flex>(&device);
-    eprintln!("flex: deformable attention worst Δ {d:e}, point gather worst Δ {p:e}");
+    eprintln!("flex: deformable attention worst relative Δ {d:e}, point gather worst Δ {p:e}");
 }
 
 #[cfg(feature = "wgpu")]
@@ -101,5 +119,5 @@ fn gather_forms_match_grid_sample_on_wgpu() {
     let device = burn::backend::wgpu::WgpuDevice::default();
     let d = deform_attn_parity::<burn::backend::Wgpu>(&device);
     let p = point_gather_parity::<burn::backend::Wgpu>(&device);
-    eprintln!("wgpu: deformable attention worst Δ {d:e}, point gather worst Δ {p:e}");
+    eprintln!("wgpu: deformable attention worst relative Δ {d:e}, point gather worst Δ {p:e}");
 }

@@ -1,8 +1,9 @@
 //! Multi-scale deformable attention (Deformable DETR's `MSDeformAttn`, spec §2.3): bilinear
 //! sampling with zero padding and `align_corners = false`. Two equivalent forms of the sampling
-//! core: [`ms_deform_attn_core`] (one `grid_sample_2d` per level, the backend's kernel, used
-//! without gradient) and [`ms_deform_attn_gather`] (one row gather with bilinear weights, used
-//! under autodiff, where `grid_sample` would be decomposed into dozens of recorded operations).
+//! core: [`ms_deform_attn_core`] (one `grid_sample_2d` per level, the backend's kernel; the
+//! reference) and a row gather with bilinear weights (the default: faster, and under autodiff far
+//! fewer recorded operations than `grid_sample`, which Burn's autodiff decomposes); see
+//! [`MSDeformAttn::forward_with`].
 
 use burn::module::Param;
 use burn::nn::Linear;
@@ -91,112 +92,228 @@ pub fn ring_offsets_bias(n_heads: usize, n_levels: usize, n_points: usize) -> Ve
     out
 }
 
+/// Which of the two equivalent forms of the sampling core runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SamplingForm {
+    /// One `grid_sample_2d` per level ([`ms_deform_attn_core`]), the reference formulation.
+    GridSample,
+    /// One row gather with bilinear weights (see [`MSDeformAttn::forward_with`]).
+    Gather,
+}
+
+/// The queries' reference points of a deformable attention over given levels, with the
+/// constants the gather form needs, built once and shared by every layer that attends over the
+/// same levels (the pixel decoder's encoder layers). Reference points are the same for every
+/// level and every image (Mask2Former's encoder: pixel centres, all valid ratios 1).
+#[derive(Debug, Clone)]
+pub struct ReferenceGrid<B: Backend> {
+    /// `[h_l, w_l]` of each level.
+    pub shapes: Vec<[usize; 2]>,
+    /// `[B, Lq, L, 2]`, `(x, y)` in `[0, 1]` (the `grid_sample` form's input).
+    pub points: Tensor<B, 4>,
+    /// Heads and points the gather constants are laid out for.
+    heads: usize,
+    n_points: usize,
+    /// Gather constants, each `[L·P·M, B·Lq]` (rows `(level, point, head)`, columns
+    /// `(image, query)`): the reference point in pixels of the level (`x·w_l − 0.5`,
+    /// `y·h_l − 0.5`), the level's width and height, and the value row of the level's first pixel.
+    ref_x: Tensor<B, 2>,
+    ref_y: Tensor<B, 2>,
+    width: Tensor<B, 2>,
+    height: Tensor<B, 2>,
+    base: Tensor<B, 2>,
+}
+
+impl<B: Backend> ReferenceGrid<B> {
+    /// `points[q]` = `(x, y)` of query `q` in `[0, 1]`, for a batch of `batch` images attending
+    /// over levels of `shapes` with `heads` heads and `n_points` points per head and level.
+    pub fn new(
+        points: &[[f32; 2]],
+        batch: usize,
+        shapes: &[[usize; 2]],
+        heads: usize,
+        n_points: usize,
+        device: &B::Device,
+    ) -> Self {
+        let (lq, l) = (points.len(), shapes.len());
+        let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
+        assert!(
+            batch * s * heads < 1 << 24,
+            "deformable attention: {batch}·{s}·{heads} value rows exceed exact f32 indexing"
+        );
+        let (rows, cols) = (l * n_points * heads, batch * lq);
+        let mut consts = vec![Vec::with_capacity(rows * cols); 5];
+        let mut start = 0;
+        for &[h, w] in shapes {
+            for _ in 0..n_points {
+                for m in 0..heads {
+                    for b in 0..batch {
+                        for &[x, y] in points {
+                            consts[0].push(x * w as f32 - 0.5);
+                            consts[1].push(y * h as f32 - 0.5);
+                            consts[2].push(w as f32);
+                            consts[3].push(h as f32);
+                            consts[4].push(((b * s + start) * heads + m) as f32);
+                        }
+                    }
+                }
+            }
+            start += h * w;
+        }
+        let mut tensors = consts.into_iter().map(|v| {
+            Tensor::<B, 1>::from_data(TensorData::new(v, [rows * cols]), device).reshape([rows, cols])
+        });
+        let mut next = || tensors.next().expect("five constants");
+        let (ref_x, ref_y, width, height, base) = (next(), next(), next(), next(), next());
+        let flat: Vec<f32> = points.iter().flat_map(|&[x, y]| (0..l).flat_map(move |_| [x, y])).collect();
+        let points = Tensor::<B, 1>::from_data(TensorData::new(flat, [lq * l * 2]), device)
+            .reshape([1, lq, l, 2])
+            .expand([batch, lq, l, 2]);
+        Self { shapes: shapes.to_vec(), points, heads, n_points, ref_x, ref_y, width, height, base }
+    }
+}
+
+/// `x · W[:, cols] + b[cols]`: a linear layer's output with its columns reordered.
+fn linear_columns<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>, cols: &[usize]) -> Tensor<B, 2> {
+    let device = x.device();
+    let n = cols.len();
+    let idx =
+        Tensor::<B, 1, Int>::from_data(TensorData::new(cols.iter().map(|&c| c as i64).collect::<Vec<_>>(), [n]), &device);
+    let y = x.matmul(linear.weight.val().select(1, idx.clone()));
+    match &linear.bias {
+        Some(b) => y + b.val().select(0, idx).reshape([1, n]),
+        None => y,
+    }
+}
+
 impl<B: Backend> MSDeformAttn<B> {
     /// Attends from each query to `L·P` bilinearly sampled points per head around its reference
     /// point. The sampling location for level `l` is `reference + offset / (w_l, h_l)`.
     ///
     /// # Shapes
     /// - `query`: `[B, Lq, d]` (content + position)
-    /// - `reference_points`: `[B, Lq, L, 2]`, `(x, y)` in `[0, 1]`
-    /// - `input_flatten`: `[B, S, d]` with `S = Σ h_l·w_l`, levels concatenated in `spatial_shapes` order
-    /// - `spatial_shapes`: `L` entries `[h_l, w_l]`
+    /// - `grid`: reference points of the `Lq` queries over the levels `grid.shapes`
+    /// - `input_flatten`: `[B, S, d]` with `S = Σ h_l·w_l`, levels concatenated in `grid.shapes` order
     /// - output: `[B, Lq, d]`
-    pub fn forward(
+    pub fn forward(&self, query: Tensor<B, 3>, grid: &ReferenceGrid<B>, input_flatten: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with(query, grid, input_flatten, SamplingForm::Gather)
+    }
+
+    /// [`Self::forward`] with an explicit sampling form; both give the same numbers up to
+    /// rounding. The gather form is what [`Self::forward`] runs: Burn's autodiff has no
+    /// `grid_sample` of its own and decomposes it into dozens of recorded operations, where the
+    /// gather form records a handful; without autodiff it is faster on flex as well (tiny model:
+    /// pixel decoder 19 ms instead of 31 ms). The `grid_sample` form is the reference the tests
+    /// compare with.
+    ///
+    /// The gather form lays every per-sample tensor out as `[L·P·M, B·Lq]` (rows
+    /// `(level, point, head)`), so each operation is element-wise on equal shapes; the four
+    /// bilinear corners of every sample are rows of the value tensor read as `[B·S·M, D]` (no
+    /// copy), gathered once, weighted by bilinear × attention weight (0 outside the level: zero
+    /// padding) and summed over `(corner, level, point)` as the outer axis; the output projection
+    /// is applied head by head (a batched product) instead of after a permute.
+    pub fn forward_with(
         &self,
         query: Tensor<B, 3>,
-        reference_points: Tensor<B, 4>,
+        grid: &ReferenceGrid<B>,
         input_flatten: Tensor<B, 3>,
-        spatial_shapes: &[[usize; 2]],
+        form: SamplingForm,
     ) -> Tensor<B, 3> {
+        let s = input_flatten.dims()[1];
+        let l = self.n_levels;
+        assert_eq!(grid.shapes.len(), l, "expected {l} levels");
+        assert_eq!(grid.shapes.iter().map(|[h, w]| h * w).sum::<usize>(), s, "S ≠ Σ h·w");
+        match form {
+            SamplingForm::Gather => self.forward_gather(query, grid, input_flatten),
+            SamplingForm::GridSample => self.forward_grid(query, grid, input_flatten),
+        }
+    }
+
+    /// The reference formulation: locations `[B, Lq, M, L, P, 2]`, `grid_sample` per level.
+    fn forward_grid(&self, query: Tensor<B, 3>, grid: &ReferenceGrid<B>, input_flatten: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, lq, d] = query.dims();
         let s = input_flatten.dims()[1];
         let (m, l, p) = (self.n_heads, self.n_levels, self.n_points);
-        assert_eq!(spatial_shapes.len(), l, "expected {l} levels");
-        assert_eq!(spatial_shapes.iter().map(|[h, w]| h * w).sum::<usize>(), s, "S ≠ Σ h·w");
         let device = query.device();
-
         let value = self.value_proj.forward(input_flatten).reshape([b, s, m, d / m]);
         let offsets = self.sampling_offsets.forward(query.clone()).reshape([b, lq, m, l, p, 2]);
         let weights = self.attention_weights.forward(query).reshape([b, lq, m, l * p]);
         let weights = softmax(weights, 3).reshape([b, lq, m, l, p]);
-
-        let normalizer: Vec<f32> = spatial_shapes.iter().flat_map(|[h, w]| [*w as f32, *h as f32]).collect();
+        let normalizer: Vec<f32> = grid.shapes.iter().flat_map(|[h, w]| [*w as f32, *h as f32]).collect();
         let normalizer =
             Tensor::<B, 1>::from_data(TensorData::new(normalizer, [l * 2]), &device).reshape([1, 1, 1, l, 1, 2]);
-        let locations = reference_points.reshape([b, lq, 1, l, 1, 2]) + offsets / normalizer;
-        // Burn's autodiff backend has no `grid_sample` of its own: it decomposes it into dozens of
-        // recorded operations, where the gather form records a handful. Without autodiff the
-        // backend's `grid_sample` kernel runs.
-        let out = if B::ad_enabled(&device) {
-            ms_deform_attn_gather(value, spatial_shapes, locations, weights)
-        } else {
-            ms_deform_attn_core(value, spatial_shapes, locations, weights)
-        };
-        self.output_proj.forward(out)
+        let locations = grid.points.clone().reshape([b, lq, 1, l, 1, 2]) + offsets / normalizer;
+        self.output_proj.forward(ms_deform_attn_core(value, &grid.shapes, locations, weights))
     }
-}
 
-/// [`ms_deform_attn_core`] as one row gather: each sample's four bilinear corners are rows of the
-/// value tensor laid out `[B·M·S, D]`, weighted by bilinear weight × attention weight (0 for
-/// corners outside their level: zero padding) and summed per query and head. Differentiable in
-/// `value`, `locations` and `weights` with a handful of autodiff operations (the backward of the
-/// gather is one `select_add`); the same numbers as the `grid_sample` form up to rounding.
-///
-/// # Shapes
-/// - `value`: `[B, S, M, D]`
-/// - `locations`: `[B, Lq, M, L, P, 2]`, `(x, y)` in `[0, 1]` (outside samples zeros)
-/// - `weights`: `[B, Lq, M, L, P]`
-/// - output: `[B, Lq, M·D]`
-pub fn ms_deform_attn_gather<B: Backend>(
-    value: Tensor<B, 4>,
-    spatial_shapes: &[[usize; 2]],
-    locations: Tensor<B, 6>,
-    weights: Tensor<B, 5>,
-) -> Tensor<B, 3> {
-    let [b, s, m, dh] = value.dims();
-    let [_, lq, _, l, p, _] = locations.dims();
-    let device = value.device();
-    let rows = value.swap_dims(1, 2).reshape([b * m * s, dh]);
-    // Pixel coordinates (half-pixel centres) of every sample at its level's size.
-    let sizes: Vec<f32> = spatial_shapes.iter().flat_map(|&[h, w]| [w as f32, h as f32]).collect();
-    let sizes = Tensor::<B, 1>::from_data(TensorData::new(sizes, [l * 2]), &device).reshape([1, 1, 1, l, 1, 2]);
-    let pixel = locations * sizes.clone() - 0.5;
-    let floor = pixel.clone().detach().floor();
-    let frac = pixel - floor.clone(); // carries the gradient of the locations
-    let (fx, fy) = (frac.clone().narrow(5, 0, 1), frac.narrow(5, 1, 1));
-    // Corners (dy, dx) in the order (0,0), (0,1), (1,0), (1,1).
-    let (gx, gy) = (fx.clone().neg() + 1.0, fy.clone().neg() + 1.0);
-    let bilinear = Tensor::cat(vec![gx.clone() * gy.clone(), fx.clone() * gy, gx * fy.clone(), fx * fy], 5);
-    // Validity and row index of each corner, without gradient.
-    let dx = Tensor::<B, 1>::from_floats([0.0, 1.0, 0.0, 1.0], &device).reshape([1, 1, 1, 1, 1, 4]);
-    let dy = Tensor::<B, 1>::from_floats([0.0, 0.0, 1.0, 1.0], &device).reshape([1, 1, 1, 1, 1, 4]);
-    let xi = floor.clone().narrow(5, 0, 1) + dx;
-    let yi = floor.narrow(5, 1, 1) + dy;
-    let (w_l, h_l) = (sizes.clone().narrow(5, 0, 1), sizes.narrow(5, 1, 1));
-    let inside = xi
-        .clone()
-        .greater_equal_elem(0.0)
-        .bool_and(yi.clone().greater_equal_elem(0.0))
-        .bool_and((xi.clone() - w_l.clone()).lower_elem(0.0))
-        .bool_and((yi.clone() - h_l).lower_elem(0.0));
-    // Row of (b, m, level start + y·w + x) in [B·M·S, D].
-    let mut base = Vec::with_capacity(b * m * l);
-    for bi in 0..b {
-        for mi in 0..m {
-            let mut start = 0;
-            for &[h, w] in spatial_shapes {
-                base.push(((bi * m + mi) * s + start) as f32);
-                start += h * w;
-            }
+    /// The gather formulation (see [`Self::forward_with`]).
+    fn forward_gather(&self, query: Tensor<B, 3>, grid: &ReferenceGrid<B>, input_flatten: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, lq, d] = query.dims();
+        let s = input_flatten.dims()[1];
+        let (m, l, p) = (self.n_heads, self.n_levels, self.n_points);
+        assert_eq!((grid.heads, grid.n_points), (m, p), "reference grid laid out for other heads / points");
+        assert_eq!(grid.ref_x.dims()[1], b * lq, "reference grid for another batch or query count");
+        let (dh, n0, q) = (d / m, l * p * m, b * lq);
+        let value = self.value_proj.forward(input_flatten).reshape([b * s * m, dh]);
+        let query = query.reshape([q, d]);
+        // Offsets with columns (xy, level, point, head), transposed to [2·L·P·M, B·Lq].
+        let off_cols: Vec<usize> = (0..2)
+            .flat_map(|xy| {
+                (0..l).flat_map(move |li| {
+                    (0..p).flat_map(move |pi| (0..m).map(move |mi| ((mi * l + li) * p + pi) * 2 + xy))
+                })
+            })
+            .collect();
+        let offsets =
+            linear_columns(&self.sampling_offsets, query.clone(), &off_cols).transpose().reshape([2, n0 * q]);
+        let ox = offsets.clone().narrow(0, 0, 1).reshape([n0, q]);
+        let oy = offsets.narrow(0, 1, 1).reshape([n0, q]);
+        // Attention weights with columns (level, point, head), softmaxed over (level, point).
+        let att_cols: Vec<usize> =
+            (0..l).flat_map(|li| (0..p).flat_map(move |pi| (0..m).map(move |mi| (mi * l + li) * p + pi))).collect();
+        let att = linear_columns(&self.attention_weights, query, &att_cols).transpose().reshape([l * p, m * q]);
+        let att = softmax(att, 0).reshape([n0, q]);
+        // Pixel coordinates of the level: reference·size − 0.5 + offset (offsets are in pixels).
+        let px = ox + grid.ref_x.clone();
+        let py = oy + grid.ref_y.clone();
+        let (x0, y0) = (px.clone().detach().floor(), py.clone().detach().floor());
+        let (fx, fy) = (px - x0.clone(), py - y0.clone()); // carry the locations' gradient
+        let (gx, gy) = (fx.clone().neg() + 1.0, fy.clone().neg() + 1.0);
+        let corners = [
+            (0.0, 0.0, gx.clone() * gy.clone()),
+            (1.0, 0.0, fx.clone() * gy),
+            (0.0, 1.0, gx * fy.clone()),
+            (1.0, 1.0, fx * fy),
+        ];
+        let mut weights = Vec::with_capacity(4);
+        let mut index = Vec::with_capacity(4);
+        for (dx, dy, bilinear) in corners {
+            let (xi, yi) = (x0.clone().add_scalar(dx), y0.clone().add_scalar(dy));
+            let inside = xi
+                .clone()
+                .greater_equal_elem(0.0)
+                .bool_and(yi.clone().greater_equal_elem(0.0))
+                .bool_and(xi.clone().lower(grid.width.clone()))
+                .bool_and(yi.clone().lower(grid.height.clone()));
+            let row = grid.base.clone() + (yi * grid.width.clone() + xi) * m as f64;
+            index.push(row.mask_fill(inside.clone().bool_not(), 0.0));
+            weights.push(bilinear * inside.float() * att.clone());
         }
+        let k = 4 * l * p;
+        let n = k * m * q;
+        let index = Tensor::cat(index, 0).reshape([n]).int();
+        let weights = Tensor::cat(weights, 0).reshape([n, 1]);
+        // Σ over (corner, level, point) of weight · value row → [M, B·Lq, D].
+        let sampled = (value.select(0, index) * weights).reshape([k, m * q * dh]).sum_dim(0).reshape([m, q, dh]);
+        // Output projection head by head: Σ_m sampled_m · W[m·D .. (m+1)·D, :].
+        let w_out = self.output_proj.weight.val().reshape([m, dh, d]);
+        let out = sampled.matmul(w_out).sum_dim(0).reshape([q, d]);
+        let out = match &self.output_proj.bias {
+            Some(bias) => out + bias.val().reshape([1, d]),
+            None => out,
+        };
+        out.reshape([b, lq, d])
     }
-    assert!(b * m * s < 1 << 24, "deformable attention: {b}·{m}·{s} value rows exceed exact f32 indexing");
-    let base = Tensor::<B, 1>::from_data(TensorData::new(base, [b * m * l]), &device).reshape([b, 1, m, l, 1, 1]);
-    let index = (base + yi * w_l + xi).mask_fill(inside.clone().bool_not(), 0.0).int();
-    let n = b * lq * m * l * p * 4;
-    let corner_weights = bilinear * inside.float() * weights.reshape([b, lq, m, l, p, 1]);
-    let sampled = rows.select(0, index.reshape([n])) * corner_weights.reshape([n, 1]);
-    sampled.reshape([b * lq * m, l * p * 4, dh]).sum_dim(1).reshape([b, lq, m * dh])
 }
 
 /// The sampling-and-weighting core of deformable attention (a tensor version of the reference's
@@ -343,9 +460,11 @@ mod tests {
             .init::<TestBackend>(&device);
         let shapes = [[2usize, 2usize], [1, 1]];
         let src = Tensor::<TestBackend, 3>::random([1, 5, 16], Distribution::Normal(0.0, 1.0), &device);
-        let refs = Tensor::<TestBackend, 4>::full([1, 5, 2, 2], 0.5, &device);
-        let out = attn.forward(src.clone(), refs, src, &shapes);
-        assert_eq!(out.dims(), [1, 5, 16]);
-        assert!(out.into_data().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+        let grid = ReferenceGrid::new(&[[0.5, 0.5]; 5], 1, &shapes, 2, 2, &device);
+        for form in [SamplingForm::GridSample, SamplingForm::Gather] {
+            let out = attn.forward_with(src.clone(), &grid, src.clone(), form);
+            assert_eq!(out.dims(), [1, 5, 16]);
+            assert!(out.into_data().to_vec::<f32>().unwrap().iter().all(|v| v.is_finite()));
+        }
     }
 }

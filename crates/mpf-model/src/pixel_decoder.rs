@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::backbone::BackboneFeatures;
-use crate::deform_attn::{MSDeformAttn, MSDeformAttnConfig};
+use crate::deform_attn::{MSDeformAttn, MSDeformAttnConfig, ReferenceGrid};
 use crate::init::{LinearInit, c2_xavier, linear, zero_conv_bias};
 use crate::position::sine_encoding;
 use crate::resize::bilinear_matmul;
@@ -76,15 +76,9 @@ pub struct EncoderLayer<B: Backend> {
 
 impl<B: Backend> EncoderLayer<B> {
     /// # Shapes
-    /// - `src`, `pos`: `[B, S, d]`; `reference_points`: `[B, S, L, 2]` → `[B, S, d]`
-    pub fn forward(
-        &self,
-        src: Tensor<B, 3>,
-        pos: Tensor<B, 3>,
-        reference_points: Tensor<B, 4>,
-        shapes: &[[usize; 2]],
-    ) -> Tensor<B, 3> {
-        let attn = self.self_attn.forward(src.clone() + pos, reference_points, src.clone(), shapes);
+    /// - `src`, `pos`: `[B, S, d]`; `grid`: the `S` pixel centres over the levels → `[B, S, d]`
+    pub fn forward(&self, src: Tensor<B, 3>, pos: Tensor<B, 3>, grid: &ReferenceGrid<B>) -> Tensor<B, 3> {
+        let attn = self.self_attn.forward(src.clone() + pos, grid, src.clone());
         let src = self.norm1.forward(src + attn);
         let ffn = self.linear2.forward(relu(self.linear1.forward(src.clone())));
         self.norm2.forward(src + ffn)
@@ -172,26 +166,14 @@ impl PixelDecoderConfig {
 }
 
 /// Deformable-encoder reference points: every pixel centre `((j+0.5)/w, (i+0.5)/h)` of every level
-/// in order, repeated for each of the `L` levels (all valid ratios are 1).
-///
-/// # Shapes
-/// - output: `[B, S, L, 2]`
-pub fn reference_points<B: Backend>(batch: usize, shapes: &[[usize; 2]], device: &B::Device) -> Tensor<B, 4> {
-    let l = shapes.len();
-    let mut pts = Vec::new();
-    for &[h, w] in shapes {
-        for i in 0..h {
-            for j in 0..w {
-                let (x, y) = ((j as f32 + 0.5) / w as f32, (i as f32 + 0.5) / h as f32);
-                for _ in 0..l {
-                    pts.push(x);
-                    pts.push(y);
-                }
-            }
-        }
-    }
-    let s = pts.len() / (2 * l);
-    Tensor::<B, 1>::from_data(TensorData::new(pts, [s * l * 2]), device).reshape([1, s, l, 2]).expand([batch, s, l, 2])
+/// in order (the same for every level: all valid ratios are 1).
+pub fn reference_points(shapes: &[[usize; 2]]) -> Vec<[f32; 2]> {
+    shapes
+        .iter()
+        .flat_map(|&[h, w]| {
+            (0..h).flat_map(move |i| (0..w).map(move |j| [(j as f32 + 0.5) / w as f32, (i as f32 + 0.5) / h as f32]))
+        })
+        .collect()
 }
 
 impl<B: Backend> PixelDecoder<B> {
@@ -216,9 +198,12 @@ impl<B: Backend> PixelDecoder<B> {
         }
         let mut src = Tensor::cat(srcs, 1);
         let pos = Tensor::cat(poss, 1);
-        let refs = reference_points::<B>(b, &shapes, &device);
-        for layer in &self.encoder {
-            src = layer.forward(src, pos.clone(), refs.clone(), &shapes);
+        if let Some(first) = self.encoder.first() {
+            let a = &first.self_attn;
+            let grid = ReferenceGrid::new(&reference_points(&shapes), b, &shapes, a.n_heads, a.n_points, &device);
+            for layer in &self.encoder {
+                src = layer.forward(src, pos.clone(), &grid);
+            }
         }
         let mut start = 0;
         let mut multi_scale_features = Vec::with_capacity(NUM_LEVELS);
@@ -263,11 +248,8 @@ mod tests {
 
     #[test]
     fn reference_points_are_pixel_centres() {
-        let r = reference_points::<TestBackend>(1, &[[1, 2], [2, 1]], &Default::default());
-        assert_eq!(r.dims(), [1, 4, 2, 2]);
-        let v = r.into_data().to_vec::<f32>().unwrap();
-        // pixel 1 of level 0: x=0.75, y=0.5 (for both levels); pixel 3 (level 1, row 1): x=0.5, y=0.75
-        assert_eq!(&v[4..8], &[0.75, 0.5, 0.75, 0.5]);
-        assert_eq!(&v[12..16], &[0.5, 0.75, 0.5, 0.75]);
+        let r = reference_points(&[[1, 2], [2, 1]]);
+        // pixel 1 of level 0: x=0.75, y=0.5; pixel 3 (level 1, row 1): x=0.5, y=0.75
+        assert_eq!(r, vec![[0.25, 0.5], [0.75, 0.5], [0.5, 0.25], [0.5, 0.75]]);
     }
 }
