@@ -11,6 +11,8 @@
 //!   backward, global clipping and the AdamW groups, exactly as `mpf-train train` does), timed per
 //!   phase: backbone, pixel decoder, decoder, matcher, losses, backward, optimiser.
 //! - `infer`: the inference forward (model only, last prediction read back).
+//! - `modules`: forward and backward of the backbone, the pixel decoder and the decoder, each on
+//!   detached inputs with a plain sum as the loss (where the backward pass spends its time).
 //!
 //! Every step trains on the same batch of synthetic shapes (LSJ-augmented at the case's size);
 //! `--batch-out DIR` writes it as `DIR/CASE.safetensors` (normalised images, padded masks, labels)
@@ -173,6 +175,22 @@ fn write_batch(path: &std::path::Path, cfg: &ExperimentConfig, batch: &Batch) {
     safetensors::serialize_to_file(views, None, path).expect("write batch");
 }
 
+fn fwd_key(name: &str) -> &'static str {
+    match name {
+        "backbone" => "backbone_forward",
+        "pixel_decoder" => "pixel_decoder_forward",
+        _ => "decoder_forward",
+    }
+}
+
+fn bwd_key(name: &str) -> &'static str {
+    match name {
+        "backbone" => "backbone_backward",
+        "pixel_decoder" => "pixel_decoder_backward",
+        _ => "decoder_backward",
+    }
+}
+
 fn sync() {
     B::sync(&Default::default()).expect("device sync");
 }
@@ -273,7 +291,56 @@ fn main() {
                 }
             }
         }
-        other => panic!("unknown mode {other} (train or infer)"),
+        "modules" => {
+            // Forward and backward of each part alone, on detached inputs: where the backward
+            // pass spends its time.
+            let images = batch.images_tensor::<AD>(&cfg.input, &device).expect("valid images").images;
+            let m = &model.model;
+            let sum4 = |t: Tensor<AD, 4>| t.sum();
+            let feats = m.backbone.forward(images.clone());
+            let detach = |t: &Tensor<AD, 4>| t.clone().detach().require_grad();
+            let feats = mpformer::model::backbone::BackboneFeatures {
+                res2: detach(&feats.res2),
+                res3: detach(&feats.res3),
+                res4: detach(&feats.res4),
+                res5: detach(&feats.res5),
+            };
+            let pixel = m.pixel_decoder.forward(&feats);
+            let ms: Vec<_> = pixel.multi_scale_features.iter().map(detach).collect();
+            let mf = detach(&pixel.mask_features);
+            let parts: [(&str, &dyn Fn() -> Tensor<AD, 1>); 3] = [
+                ("backbone", &|| {
+                    let f = m.backbone.forward(images.clone());
+                    sum4(f.res2) + sum4(f.res3) + sum4(f.res4) + sum4(f.res5)
+                }),
+                ("pixel_decoder", &|| {
+                    let p = m.pixel_decoder.forward(&feats);
+                    p.multi_scale_features.into_iter().fold(sum4(p.mask_features), |a, t| a + sum4(t))
+                }),
+                ("decoder", &|| {
+                    let o = m.decoder.forward(&ms, mf.clone(), None);
+                    o.predictions
+                        .into_iter()
+                        .fold(Tensor::zeros([1], &device), |a, p| a + p.class_logits.sum() + sum4(p.mask_logits))
+                }),
+            ];
+            for step in 0..warmup + args.steps {
+                for (name, f) in &parts {
+                    let t = Instant::now();
+                    let loss = f();
+                    sync();
+                    let t_fwd = t.elapsed().as_secs_f64() * 1e3;
+                    let t = Instant::now();
+                    let _grads = loss.backward();
+                    sync();
+                    if step >= warmup {
+                        phases.entry(fwd_key(name)).or_default().push(t_fwd);
+                        phases.entry(bwd_key(name)).or_default().push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+            }
+        }
+        other => panic!("unknown mode {other} (train, infer or modules)"),
     }
     let medians: BTreeMap<&str, f64> = phases.iter_mut().map(|(k, v)| (*k, median(v))).collect();
     println!(

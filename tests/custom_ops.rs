@@ -35,8 +35,12 @@ fn deform_attn_parity<B: Backend>(device: &B::Device) -> f32 {
     let (b, d, m, l, p) = (2, 12, 2, 3, 2);
     let s: usize = shapes.iter().map(|[h, w]| h * w).sum();
     let mut rng = StdRng::seed_from_u64(5);
-    let mut attn =
-        MSDeformAttnConfig::new().with_d_model(d).with_n_heads(m).with_n_levels(l).with_n_points(p).init::<A<B>>(device);
+    let mut attn = MSDeformAttnConfig::new()
+        .with_d_model(d)
+        .with_n_heads(m)
+        .with_n_levels(l)
+        .with_n_points(p)
+        .init::<A<B>>(device);
     // Random projections everywhere (the initial sampling and attention weights are zero), large
     // enough that samples spill outside the levels (zero padding).
     let param = |n: usize, shape: [usize; 2], scale: f32, rng: &mut StdRng| {
@@ -67,7 +71,8 @@ fn deform_attn_parity<B: Backend>(device: &B::Device) -> f32 {
         ]
     };
     let (ours, reference) = (run(SamplingForm::Gather), run(SamplingForm::GridSample));
-    let names = ["output", "d query", "d values", "d sampling_offsets", "d attention_weights", "d value_proj", "d output_proj"];
+    let names =
+        ["output", "d query", "d values", "d sampling_offsets", "d attention_weights", "d value_proj", "d output_proj"];
     let mut worst = 0f32;
     for ((a, r), name) in ours.iter().zip(&reference).zip(names) {
         let scale = r.iter().fold(1f32, |acc, v| acc.max(v.abs()));

@@ -43,21 +43,20 @@ pub fn uniform_points(n: usize, rng: &mut impl Rng) -> Vec<Point> {
 /// and index 0.
 #[inline]
 pub fn corners(h: usize, w: usize, [x, y]: Point) -> [(usize, f32); 4] {
-    let px = x as f64 * w as f64 - 0.5;
-    let py = y as f64 * h as f64 - 0.5;
+    let (px, py) = (x * w as f32 - 0.5, y * h as f32 - 0.5);
     let (x0, y0) = (px.floor(), py.floor());
     let (fx, fy) = (px - x0, py - y0);
-    let (x0, y0) = (x0 as i64, y0 as i64);
-    let mut out = [(0usize, 0f32); 4];
-    for (k, (dy, wy)) in [(0i64, 1.0 - fy), (1, fy)].into_iter().enumerate() {
-        for (j, (dx, wx)) in [(0i64, 1.0 - fx), (1, fx)].into_iter().enumerate() {
-            let (xi, yi) = (x0 + dx, y0 + dy);
-            if xi >= 0 && yi >= 0 && (xi as usize) < w && (yi as usize) < h {
-                out[k * 2 + j] = (yi as usize * w + xi as usize, (wx * wy) as f32);
-            }
-        }
-    }
-    out
+    let (x0, y0) = (x0 as isize, y0 as isize);
+    let at = |yi: isize, xi: isize, wt: f32| {
+        // Negative coordinates wrap to huge values and fail the bound check.
+        if (xi as usize) < w && (yi as usize) < h { (yi as usize * w + xi as usize, wt) } else { (0, 0.0) }
+    };
+    [
+        at(y0, x0, (1.0 - fx) * (1.0 - fy)),
+        at(y0, x0 + 1, fx * (1.0 - fy)),
+        at(y0 + 1, x0, (1.0 - fx) * fy),
+        at(y0 + 1, x0 + 1, fx * fy),
+    ]
 }
 
 /// Bilinear sample of a row-major `h × w` plane at `p` (zero outside).

@@ -7,11 +7,10 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::PaddedConvOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::conv::{ConvGeometry, conv_forward, conv2d_with};
 use crate::init::c2_msra;
 
 /// Normalisation used after every backbone conv.
@@ -203,13 +202,9 @@ impl<B: Backend> FrozenBatchNorm2d<B> {
 /// # Shapes
 /// - `x`: `[B, C_in, H, W]` → `[B, C_out, H', W']`
 pub fn conv_norm<B: Backend>(conv: &Conv2d<B>, norm: &Norm2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    let padding = match conv.padding {
-        PaddingConfig2d::Valid => Some(([0, 0], [0, 0])),
-        PaddingConfig2d::Explicit(top, left, bottom, right) => Some(([top, left], [bottom, right])),
-        PaddingConfig2d::Same => None,
-    };
-    match (norm, padding) {
-        (Norm2d::Frozen(bn), Some((start, end))) => {
+    match norm {
+        Norm2d::Frozen(bn) => {
+            let [_, _, h, w] = x.dims();
             let (scale, shift) = bn.affine();
             let c = scale.dims()[0];
             let weight = conv.weight.val() * scale.clone().reshape([c, 1, 1, 1]);
@@ -217,10 +212,9 @@ pub fn conv_norm<B: Backend>(conv: &Conv2d<B>, norm: &Norm2d<B>, x: Tensor<B, 4>
                 Some(b) => b.val() * scale + shift,
                 None => shift,
             };
-            let options = PaddedConvOptions::asymmetric(conv.stride, start, end, conv.dilation, conv.groups);
-            conv2d(x, weight, Some(bias), options)
+            conv2d_with(x, weight, Some(bias), ConvGeometry::of(conv, [h, w]))
         }
-        _ => norm.forward(conv.forward(x)),
+        Norm2d::Batch(_) => norm.forward(conv_forward(conv, x)),
     }
 }
 

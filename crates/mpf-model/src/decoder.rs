@@ -15,6 +15,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, sigmoid};
 
 use crate::attention::{MultiHeadAttention, MultiHeadAttentionConfig};
+use crate::conv::conv_forward;
 use crate::heads::{PredictionHeads, PredictionHeadsConfig};
 use crate::init::{LinearInit, c2_xavier, embedding, linear, zero_conv_bias};
 use crate::position::sine_encoding;
@@ -291,7 +292,7 @@ impl<B: Backend> TransformerDecoder<B> {
             sizes.push([h, w]);
             let pos = sine_encoding::<B>(b, d, h, w, &device).flatten::<3>(2, 3).swap_dims(1, 2);
             let x = match &self.input_proj {
-                Some(p) => p[l].forward(x.clone()),
+                Some(p) => conv_forward(&p[l], x.clone()),
                 None => x.clone(),
             };
             let level = self.level_embed.val().narrow(0, l, 1).reshape([1, 1, d]);

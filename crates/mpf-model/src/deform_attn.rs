@@ -160,9 +160,9 @@ impl<B: Backend> ReferenceGrid<B> {
             }
             start += h * w;
         }
-        let mut tensors = consts.into_iter().map(|v| {
-            Tensor::<B, 1>::from_data(TensorData::new(v, [rows * cols]), device).reshape([rows, cols])
-        });
+        let mut tensors = consts
+            .into_iter()
+            .map(|v| Tensor::<B, 1>::from_data(TensorData::new(v, [rows * cols]), device).reshape([rows, cols]));
         let mut next = || tensors.next().expect("five constants");
         let (ref_x, ref_y, width, height, base) = (next(), next(), next(), next(), next());
         let flat: Vec<f32> = points.iter().flat_map(|&[x, y]| (0..l).flat_map(move |_| [x, y])).collect();
@@ -177,8 +177,10 @@ impl<B: Backend> ReferenceGrid<B> {
 fn linear_columns<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>, cols: &[usize]) -> Tensor<B, 2> {
     let device = x.device();
     let n = cols.len();
-    let idx =
-        Tensor::<B, 1, Int>::from_data(TensorData::new(cols.iter().map(|&c| c as i64).collect::<Vec<_>>(), [n]), &device);
+    let idx = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(cols.iter().map(|&c| c as i64).collect::<Vec<_>>(), [n]),
+        &device,
+    );
     let y = x.matmul(linear.weight.val().select(1, idx.clone()));
     match &linear.bias {
         Some(b) => y + b.val().select(0, idx).reshape([1, n]),
@@ -247,7 +249,12 @@ impl<B: Backend> MSDeformAttn<B> {
     }
 
     /// The gather formulation (see [`Self::forward_with`]).
-    fn forward_gather(&self, query: Tensor<B, 3>, grid: &ReferenceGrid<B>, input_flatten: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn forward_gather(
+        &self,
+        query: Tensor<B, 3>,
+        grid: &ReferenceGrid<B>,
+        input_flatten: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let [b, lq, d] = query.dims();
         let s = input_flatten.dims()[1];
         let (m, l, p) = (self.n_heads, self.n_levels, self.n_points);
@@ -264,8 +271,7 @@ impl<B: Backend> MSDeformAttn<B> {
                 })
             })
             .collect();
-        let offsets =
-            linear_columns(&self.sampling_offsets, query.clone(), &off_cols).transpose().reshape([2, n0 * q]);
+        let offsets = linear_columns(&self.sampling_offsets, query.clone(), &off_cols).transpose().reshape([2, n0 * q]);
         let ox = offsets.clone().narrow(0, 0, 1).reshape([n0, q]);
         let oy = offsets.narrow(0, 1, 1).reshape([n0, q]);
         // Attention weights with columns (level, point, head), softmaxed over (level, point).

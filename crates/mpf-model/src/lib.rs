@@ -8,7 +8,8 @@
 //! |---|---|---|
 //! | [`backbone`] | torchvision-style ResNet 18/34/50/101, frozen or trainable batch norm | §2.2 |
 //! | [`position`] | normalised sine position encoding | §2.3 |
-//! | [`deform_attn`] | multi-scale deformable attention on `grid_sample_2d` | §2.3 |
+//! | [`deform_attn`] | multi-scale deformable attention (row-gather form; `grid_sample_2d` as reference) | §2.3 |
+//! | [`conv`] | convolutions (1×1 as products, im2col on the CPU under autodiff) and group norm | — |
 //! | [`pixel_decoder`] | MSDeformAttn pixel decoder (6 encoder layers + 1/4 FPN level) | §2.3 |
 //! | [`attention`] | multi-head attention with boolean masks (`true` = blocked) | §2.4, §4 |
 //! | [`decoder`] | 9-layer masked-attention transformer decoder, 10 predictions, extra-query interface | §2.4 |
@@ -23,6 +24,7 @@
 
 pub mod attention;
 pub mod backbone;
+pub mod conv;
 pub mod decoder;
 pub mod deform_attn;
 pub mod flops;

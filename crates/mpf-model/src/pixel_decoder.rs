@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use crate::backbone::BackboneFeatures;
+use crate::conv::{conv_forward, group_norm};
 use crate::deform_attn::{MSDeformAttn, MSDeformAttnConfig, ReferenceGrid};
 use crate::init::{LinearInit, c2_xavier, linear, zero_conv_bias};
 use crate::position::sine_encoding;
@@ -55,7 +56,7 @@ impl<B: Backend> ConvNorm<B> {
     /// # Shapes
     /// - `x`: `[B, C_in, h, w]` → `[B, C_out, h', w']`
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.norm.forward(self.conv.forward(x))
+        group_norm(&self.norm, conv_forward(&self.conv, x))
     }
 }
 
@@ -215,7 +216,7 @@ impl<B: Backend> PixelDecoder<B> {
         let finest = multi_scale_features[NUM_LEVELS - 1].clone();
         let y = self.lateral.forward(features.res2.clone()) + bilinear_matmul(finest, [h4, w4]);
         let y = relu(self.output.forward(y));
-        PixelDecoderOutput { mask_features: self.mask_features.forward(y), multi_scale_features }
+        PixelDecoderOutput { mask_features: conv_forward(&self.mask_features, y), multi_scale_features }
     }
 }
 
