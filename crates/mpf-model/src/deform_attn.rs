@@ -142,7 +142,7 @@ impl<B: Backend> ReferenceGrid<B> {
             "deformable attention: {batch}·{s}·{heads} value rows exceed exact f32 indexing"
         );
         let (rows, cols) = (l * n_points * heads, batch * lq);
-        let mut consts = vec![Vec::with_capacity(rows * cols); 5];
+        let mut consts: Vec<Vec<f32>> = (0..5).map(|_| Vec::with_capacity(rows * cols)).collect();
         let mut start = 0;
         for &[h, w] in shapes {
             for _ in 0..n_points {
