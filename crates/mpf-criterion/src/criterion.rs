@@ -27,14 +27,17 @@ use burn::tensor::backend::AutodiffBackend;
 use mpf_model::rng::{Stream, stream};
 use mpf_pilot::config::PilotConfig;
 use mpf_pilot::forward::{GtObjects, PilotedOutput};
-use rand::rngs::StdRng;
+use rand::rngs::{SmallRng, StdRng};
+use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::CriterionError;
 use crate::losses::{bce_rows, dice_rows, target_log_probs};
 use crate::matcher::{Assignment, MatchStats, MatchTarget, MatcherWeights, match_predictions, matcher_points};
-use crate::points::{Corners, ImportanceDraw, gather_points, importance_points, sample_mask, sample_plane};
+use crate::points::{
+    Corners, ImportanceDraw, fill_corners, gather_points, importance_points, sample_mask, sample_plane,
+};
 
 /// How the matching part is assigned to GT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -496,10 +499,10 @@ impl Criterion {
             Tensor::cat(parts, 0).into_data().convert::<f32>().to_vec().unwrap_or_default()
         };
 
-        // Host: random draws in row order, then points, corners and labels in parallel.
-        let draws: Vec<ImportanceDraw> = (0..n)
-            .map(|_| ImportanceDraw::new(p, c.oversample_ratio, c.importance_sample_ratio, &mut streams.points))
-            .collect();
+        // Host: one seed per row from the stream (in row order), then each row's random points,
+        // importance sampling, corners and labels in parallel (so the points do not depend on
+        // the number of threads).
+        let seeds: Vec<u64> = (0..n).map(|_| streams.points.random()).collect();
         let mut prev_index = 0;
         let prev_of: Vec<Option<usize>> = rows
             .iter()
@@ -510,31 +513,33 @@ impl Criterion {
                 })
             })
             .collect();
-        let per_row: Vec<(Corners, Vec<f32>)> = (0..n)
-            .into_par_iter()
-            .map(|r| {
-                let points = importance_points(&host[r * hw..(r + 1) * hw], h, w, &draws[r]);
-                let mut corners = Corners::default();
-                corners.push_row(h, w, &points);
-                let labels = match (rows[r].target, prev_of[r]) {
-                    (RowTarget::Gt { img, obj }, _) => sample_mask(&targets[img].masks[obj], &points),
+        let mut corners = Corners { index: vec![0; n * p * 4], weight: vec![0.0; n * p * 4] };
+        let mut labels = vec![0f32; n * p];
+        corners
+            .index
+            .par_chunks_mut(p * 4)
+            .zip(corners.weight.par_chunks_mut(p * 4))
+            .zip(labels.par_chunks_mut(p))
+            .enumerate()
+            .for_each(|(r, ((index, weight), label))| {
+                let mut rng = SmallRng::seed_from_u64(seeds[r]);
+                let draw = ImportanceDraw::new(p, c.oversample_ratio, c.importance_sample_ratio, &mut rng);
+                let points = importance_points(&host[r * hw..(r + 1) * hw], h, w, &draw);
+                fill_corners(h, w, &points, index, weight);
+                match (rows[r].target, prev_of[r]) {
+                    (RowTarget::Gt { img, obj }, _) => {
+                        label.copy_from_slice(&sample_mask(&targets[img].masks[obj], &points));
+                    }
                     (RowTarget::Previous { .. }, Some(k)) => {
                         let binary: Vec<f32> =
                             prev_host[k * hw..(k + 1) * hw].iter().map(|&v| (v > 0.0) as u8 as f32).collect();
-                        points.iter().map(|&pt| sample_plane(&binary, h, w, pt)).collect()
+                        for (l, &pt) in label.iter_mut().zip(&points) {
+                            *l = sample_plane(&binary, h, w, pt);
+                        }
                     }
                     (RowTarget::Previous { .. }, None) => unreachable!("every consistency row has a label row"),
-                };
-                (corners, labels)
-            })
-            .collect();
-        let mut corners = Corners { index: Vec::with_capacity(n * p * 4), weight: Vec::with_capacity(n * p * 4) };
-        let mut labels = Vec::with_capacity(n * p);
-        for (c, l) in per_row {
-            corners.index.extend(c.index);
-            corners.weight.extend(c.weight);
-            labels.extend(l);
-        }
+                }
+            });
         let x = gather_points(x_rows, &corners, p); // [R, P]
         let t = Tensor::<B, 1>::from_data(TensorData::new(labels, [n * p]), &device).reshape([n, p]);
 

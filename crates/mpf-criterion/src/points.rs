@@ -61,8 +61,30 @@ pub fn corners(h: usize, w: usize, [x, y]: Point) -> [(usize, f32); 4] {
 
 /// Bilinear sample of a row-major `h × w` plane at `p` (zero outside).
 #[inline]
-pub fn sample_plane(plane: &[f32], h: usize, w: usize, p: Point) -> f32 {
-    corners(h, w, p).iter().map(|&(i, wt)| if wt == 0.0 { 0.0 } else { wt * plane[i] }).sum()
+pub fn sample_plane(plane: &[f32], h: usize, w: usize, [x, y]: Point) -> f32 {
+    let (px, py) = (x * w as f32 - 0.5, y * h as f32 - 0.5);
+    let (x0, y0) = (px.floor(), py.floor());
+    let (xi, yi) = (x0 as isize, y0 as isize);
+    if xi >= 0 && yi >= 0 && (xi as usize) + 1 < w && (yi as usize) + 1 < h {
+        // All four corners inside: the common case, without bound checks per corner.
+        let (fx, fy) = (px - x0, py - y0);
+        let i = yi as usize * w + xi as usize;
+        let top = plane[i] + (plane[i + 1] - plane[i]) * fx;
+        let bottom = plane[i + w] + (plane[i + w + 1] - plane[i + w]) * fx;
+        return top + (bottom - top) * fy;
+    }
+    corners(h, w, [x, y]).iter().map(|&(i, wt)| if wt == 0.0 { 0.0 } else { wt * plane[i] }).sum()
+}
+
+/// Writes the bilinear corners of `points` on an `h × w` map into `index` and `weight` (four
+/// entries per point, as [`corners`]).
+pub fn fill_corners(h: usize, w: usize, points: &[Point], index: &mut [i64], weight: &mut [f32]) {
+    for (k, &p) in points.iter().enumerate() {
+        for (j, (i, wt)) in corners(h, w, p).into_iter().enumerate() {
+            index[k * 4 + j] = i as i64;
+            weight[k * 4 + j] = wt;
+        }
+    }
 }
 
 /// A binary mask sampled bilinearly at `points` (soft values at boundaries, as the reference's
@@ -94,7 +116,8 @@ pub fn importance_points(logits: &[f32], h: usize, w: usize, draw: &ImportanceDr
     out
 }
 
-/// The random part of one mask's importance sampling, drawn up front (in a fixed order, so the
+/// The random part of one mask's importance sampling: the candidates, then the fresh points,
+/// from one generator (the criterion gives every mask its own, seeded in a fixed order, so the
 /// points do not depend on how the work is split across threads).
 #[derive(Debug, Clone)]
 pub struct ImportanceDraw {
@@ -130,12 +153,10 @@ pub struct Corners {
 impl Corners {
     /// Appends the corners of one row's points on an `h × w` map.
     pub fn push_row(&mut self, h: usize, w: usize, points: &[Point]) {
-        for &p in points {
-            for (i, wt) in corners(h, w, p) {
-                self.index.push(i as i64);
-                self.weight.push(wt);
-            }
-        }
+        let start = self.index.len();
+        self.index.resize(start + points.len() * 4, 0);
+        self.weight.resize(start + points.len() * 4, 0.0);
+        fill_corners(h, w, points, &mut self.index[start..], &mut self.weight[start..]);
     }
 }
 
