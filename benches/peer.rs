@@ -196,6 +196,7 @@ fn sync() {
 }
 
 fn main() {
+    mpformer::train::keep_freed_memory();
     let args = parse_args();
     let case = CASES.iter().find(|c| c.name == args.case).unwrap_or_else(|| panic!("no case {}", args.case));
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs").join(case.config);
@@ -240,6 +241,8 @@ fn main() {
                 let t_step = Instant::now();
                 let images = batch.images_tensor::<AD>(&cfg.input, &device).expect("valid images").images;
                 lap("input", &mut phases);
+                // As MpFormer::forward_train does before the backbone.
+                mpformer::model::model::join_parameter_graphs(&model);
                 let features = model.model.backbone.forward(images);
                 lap("backbone", &mut phases);
                 let pixel = model.model.pixel_decoder.forward(&features);

@@ -156,6 +156,37 @@ pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
     module.visit(&mut Touch);
 }
 
+/// Joins the autodiff graphs of all of `module`'s trainable parameters into one, through a single
+/// operation that has them all as parents (a concatenation of one element of each); does nothing
+/// without autodiff.
+///
+/// Burn's autodiff keeps one graph per leaf until an operation joins two, and then moves every
+/// node of one of them (chosen in hash-map order) into the other. A forward pass that meets each
+/// parameter one at a time can so move the whole activation graph once per parameter; joining the
+/// parameters up front makes every later join move a handful of nodes. The returned value is not
+/// used: the concatenation is never on the path of the loss, so the backward pass skips it.
+pub fn join_parameter_graphs<B: Backend, M: Module<B>>(module: &M) {
+    struct Collect<B: Backend> {
+        parts: Vec<Tensor<B, 1>>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let value = param.val();
+            if value.is_require_grad() && value.shape().num_elements() > 0 {
+                self.parts.push(value.flatten::<1>(0, D - 1).narrow(0, 0, 1));
+            }
+        }
+    }
+    let mut c = Collect::<B> { parts: Vec::new() };
+    module.visit(&mut c);
+    if let Some(first) = c.parts.first()
+        && B::ad_enabled(&first.device())
+        && c.parts.len() > 1
+    {
+        let _ = Tensor::cat(c.parts, 0);
+    }
+}
+
 /// Counts the elements of trainable parameters: everything except the four vectors of each
 /// [`FrozenBatchNorm2d`](crate::backbone::FrozenBatchNorm2d), i.e. what PyTorch's
 /// `sum(p.numel() for p in model.parameters())` gives for the reference (where frozen batch norm
@@ -246,6 +277,26 @@ impl<B: Backend> ImageBatch<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joining_parameter_graphs_leaves_gradients_unchanged() {
+        use burn::backend::Autodiff;
+        use burn::nn::LinearConfig;
+        type AD = Autodiff<crate::test_util::TestBackend>;
+        let device = Default::default();
+        AD::seed(&device, 1);
+        let (a, b) = (LinearConfig::new(3, 4).init::<AD>(&device), LinearConfig::new(4, 2).init::<AD>(&device));
+        let x = Tensor::<AD, 2>::random([5, 3], burn::tensor::Distribution::Default, &device);
+        let grads = |join: bool| {
+            if join {
+                join_parameter_graphs(&a);
+                join_parameter_graphs(&b);
+            }
+            let g = b.forward(a.forward(x.clone())).powi_scalar(2).sum().backward();
+            [a.weight.grad(&g).unwrap(), b.weight.grad(&g).unwrap()].map(|t| t.into_data().to_vec::<f32>().unwrap())
+        };
+        assert_eq!(grads(false), grads(true));
+    }
     use crate::test_util::TestBackend;
 
     #[test]

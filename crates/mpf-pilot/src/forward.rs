@@ -224,6 +224,7 @@ impl<B: Backend> MpFormer<B> {
         pilot: &PilotConfig,
         streams: &mut PilotStreams,
     ) -> PilotedOutput<B> {
+        mpf_model::model::join_parameter_graphs(self);
         self.decode_train(self.model.encode(images), gt, pilot, streams)
     }
 

@@ -387,6 +387,7 @@ fn run_training(task: TrainTask, device: &str) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
+    mpf_train::keep_freed_memory();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         let cfg = config::load_embedded("tiny_mpformer.toml", &[])?;
