@@ -207,7 +207,10 @@ pub fn conv_norm<B: Backend>(conv: &Conv2d<B>, norm: &Norm2d<B>, x: Tensor<B, 4>
             let [_, _, h, w] = x.dims();
             let (scale, shift) = bn.affine();
             let c = scale.dims()[0];
-            let weight = conv.weight.val() * scale.clone().reshape([c, 1, 1, 1]);
+            // Scaled as [C_out, C_in·k·k] rows (a per-row scalar, the backend's fast broadcast).
+            let dims = conv.weight.dims();
+            let weight = (conv.weight.val().reshape([c, dims[1] * dims[2] * dims[3]]) * scale.clone().reshape([c, 1]))
+                .reshape(dims);
             let bias = match &conv.bias {
                 Some(b) => b.val() * scale + shift,
                 None => shift,

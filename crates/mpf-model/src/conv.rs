@@ -143,8 +143,13 @@ pub fn conv2d_with<B: Backend>(
         return conv2d(x, weight, bias, options);
     };
     let y = match bias {
-        Some(bias) => y + bias.reshape([1, co, 1]),
-        None => y,
+        // As a per-row scalar of [B·C_out, H'·W'] (a broadcast over [1, C_out, 1] would take the
+        // backend's slow strided path).
+        Some(bias) => {
+            let bias = bias.reshape([1, co]).expand([b, co]).reshape([b * co, 1]);
+            y.reshape([b * co, ho * wo]) + bias
+        }
+        None => y.reshape([b * co, ho * wo]),
     };
     y.reshape([b, co, ho, wo])
 }
