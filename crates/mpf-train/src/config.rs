@@ -23,9 +23,10 @@ use crate::train::TrainConfig;
 
 /// Config files compiled into the binary, so the default run needs no file: `(name, text)`.
 /// `extends` between them resolves by name.
-pub const EMBEDDED: [(&str, &str); 2] = [
+pub const EMBEDDED: [(&str, &str); 3] = [
     ("tiny_mask2former.toml", include_str!("../../../configs/synthetic/tiny_mask2former.toml")),
     ("tiny_mpformer.toml", include_str!("../../../configs/synthetic/tiny_mpformer.toml")),
+    ("simple_mpformer.toml", include_str!("../../../configs/synthetic/simple_mpformer.toml")),
 ];
 
 /// Which post-processing an experiment reports.
@@ -469,7 +470,10 @@ mod tests {
         for f in &files {
             let c = load(Some(f), &[]).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let name = f.file_name().unwrap().to_string_lossy().to_string();
-            assert_eq!(c.pilot.enabled, name.starts_with("mpformer") || name.starts_with("tiny_mpformer"), "{name}");
+            let mp = name.starts_with("mpformer")
+                || name.starts_with("tiny_mpformer")
+                || name.starts_with("simple_mpformer");
+            assert_eq!(c.pilot.enabled, mp, "{name}");
             if c.pilot.enabled {
                 assert!(!c.model.decoder.use_query_pos_embed, "{name}");
             }
@@ -510,6 +514,8 @@ mod tests {
             assert_eq!(built_in.to_toml().unwrap(), file.to_toml().unwrap(), "{name}");
         }
         assert!(load_embedded("tiny_mpformer.toml", &[]).unwrap().pilot.enabled);
+        let default_run = load_embedded("simple_mpformer.toml", &[]).unwrap();
+        assert_eq!(default_run.data.synthetic_style, mpf_data::synth::SynthStyle::Simple);
         let e = load_embedded("nope.toml", &[]).unwrap_err().to_string();
         assert!(e.contains("nope.toml") && e.contains("tiny_mpformer.toml"), "{e}");
     }
