@@ -79,17 +79,44 @@ impl<B: Backend> MultiHeadAttention<B> {
         let s = key.dims()[1];
         let h = self.num_heads;
         let dh = d / h;
-        let split = |x: Tensor<B, 3>, n: usize| x.reshape([b, n, h, dh]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(query), t);
-        let k = split(self.k_proj.forward(key), s);
-        let v = split(self.v_proj.forward(value), s);
+        let q = head_major(&self.q_proj, query, h);
+        let k = head_major(&self.k_proj, key, h);
+        let v = head_major(&self.v_proj, value, h);
         // Burn's attention op: softmax(q·kᵀ/√dh) with `true` = −∞, NaN-safe for fully masked rows
         // (they give zeros), and fused where the backend has a kernel for it.
         let mask = mask.map(|m| m.expand([b, h, t, s]));
-        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default());
-        let out = out.swap_dims(1, 2).reshape([b, t, d]);
-        self.out_proj.forward(out)
+        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default()); // [B, h, T, dh]
+        // The output projection head by head, Σₕ outₕ · W[h·dh .. (h+1)·dh, :], so the heads are
+        // never permuted back to [B, T, h·dh].
+        let w = self.out_proj.weight.val().reshape([1, h, dh, d]);
+        let out = out.matmul(w).sum_dim(1).reshape([b, t, d]);
+        match &self.out_proj.bias {
+            Some(bias) => out + bias.val().reshape([1, 1, d]),
+            None => out,
+        }
     }
+}
+
+/// A linear projection straight into the head-major layout attention takes: `x · W + b` as
+/// `[B, h, n, d/h]`, computed as one product of `[x, 1]` with `[W; b]` split by head, so no
+/// `[B, n, h, d/h] → [B, h, n, d/h]` permute (a strided copy on the CPU backend) is needed.
+///
+/// # Shapes
+/// - `x`: `[B, n, d]` → `[B, h, n, d/h]`
+fn head_major<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>, h: usize) -> Tensor<B, 4> {
+    let [b, n, _] = x.dims();
+    let d_out = linear.weight.dims()[1];
+    let dh = d_out / h;
+    let (x, w) = match &linear.bias {
+        Some(bias) => (
+            Tensor::cat(vec![x, Tensor::ones([b, n, 1], &linear.weight.device())], 2),
+            Tensor::cat(vec![linear.weight.val(), bias.val().reshape([1, d_out])], 0),
+        ),
+        None => (x, linear.weight.val()),
+    };
+    let rows = w.dims()[0];
+    let w = w.reshape([rows, h, dh]).swap_dims(0, 1).reshape([1, h, rows, dh]);
+    x.reshape([b, 1, n, rows]).matmul(w)
 }
 
 #[cfg(test)]
