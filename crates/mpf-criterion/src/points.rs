@@ -102,14 +102,20 @@ pub fn sample_mask(mask: &BinaryMask, points: &[Point]) -> Vec<f32> {
 /// closest to 0, i.e. of largest uncertainty `−|logit|`, then add the rest as fresh uniform points.
 /// `candidates` and `fresh` are the random points (see [`ImportanceDraw`]).
 pub fn importance_points(logits: &[f32], h: usize, w: usize, draw: &ImportanceDraw) -> Vec<Point> {
-    let mut scored: Vec<(f32, usize)> =
-        draw.candidates.iter().enumerate().map(|(i, &p)| (sample_plane(logits, h, w, p).abs(), i)).collect();
-    let keep = draw.keep.min(scored.len());
-    if keep > 0 && keep < scored.len() {
-        // Most uncertain first; ties broken by candidate index, so the choice is deterministic.
-        scored.select_nth_unstable_by(keep - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    // Key = (|logit| bits, candidate index): for non-negative floats the bit patterns order as the
+    // values, so one integer comparison ranks by uncertainty and breaks ties by index (a
+    // deterministic choice).
+    let mut keys: Vec<u64> = draw
+        .candidates
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| ((sample_plane(logits, h, w, p).abs().to_bits() as u64) << 32) | i as u64)
+        .collect();
+    let keep = draw.keep.min(keys.len());
+    if keep > 0 && keep < keys.len() {
+        keys.select_nth_unstable(keep - 1);
     }
-    let mut chosen: Vec<usize> = scored[..keep].iter().map(|&(_, i)| i).collect();
+    let mut chosen: Vec<usize> = keys[..keep].iter().map(|&k| (k & 0xFFFF_FFFF) as usize).collect();
     chosen.sort_unstable();
     let mut out: Vec<Point> = chosen.into_iter().map(|i| draw.candidates[i]).collect();
     out.extend_from_slice(&draw.fresh);
