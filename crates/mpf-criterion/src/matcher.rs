@@ -308,7 +308,7 @@ mod tests {
                 &w,
             )
             .unwrap();
-            let diff = all[i][0].iter().zip(&one[0][0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let diff = mpf_model::testing::max_abs_diff(&all[i][0], &one[0][0]);
             assert_eq!(all[i][0].len(), q * 2);
             assert!(diff < 1e-5, "prediction {i}: {diff}");
         }

@@ -244,7 +244,7 @@ mod tests {
         let g = (ours.clone() * up(&device)).sum().backward();
         let g = y.grad(&g).unwrap().into_data().to_vec::<f32>().unwrap();
         let (a, b) = (ours.into_data().to_vec::<f32>().unwrap(), reference.into_data().to_vec::<f32>().unwrap());
-        let max = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max = mpf_model::testing::max_abs_diff;
         assert!(max(&a, &b) < 1e-5, "forward differs by {}", max(&a, &b));
         assert!(max(&g, &g_ref) < 1e-5, "gradient differs by {}", max(&g, &g_ref));
     }

@@ -7,6 +7,7 @@ use mpf_criterion::losses::{dice, sigmoid_bce, weighted_cross_entropy};
 use mpf_criterion::matcher::{MatchStats, MatchTarget, MatcherWeights, assign, cost_matrices};
 use mpf_criterion::points::{Point, point_sample, sample_plane};
 use mpf_model::mask::BinaryMask;
+use mpf_model::testing::max_abs_diff as max_diff;
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -26,11 +27,6 @@ fn tensor<const D: usize>(v: &Value, shape: [usize; D]) -> Tensor<Flex, D> {
     let data = floats(v);
     let n = data.len();
     Tensor::<Flex, 1>::from_data(TensorData::new(data, [n]), &Default::default()).reshape(shape)
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 #[test]

@@ -17,6 +17,7 @@
 //! | [`postprocess`] | semantic, instance and panoptic inference | §2.7 |
 //! | [`model`] | the assembled [`model::Mask2Former`] and its config | §2 |
 //! | [`flops`] | analytical parameter-free FLOPs estimate | App. Table 10 |
+//! | [`testing`] | the comparison helper every numerical test uses (fails on non-finite values) | — |
 //!
 //! Shape letters used in the docs: `B` batch, `Q` matching queries, `P` extra (mask-piloted) queries,
 //! `T = P + Q`, `K` classes, `L` feature levels, `h×w` a level's size, `H×W` the padded input.
@@ -37,6 +38,7 @@ pub mod position;
 pub mod postprocess;
 pub mod resize;
 pub mod rng;
+pub mod testing;
 
 pub use decoder::{CrossAttentionRows, DecoderOutput, ExtraQueries, Prediction};
 pub use model::{Mask2Former, Mask2FormerConfig};
@@ -62,9 +64,5 @@ pub(crate) mod test_util {
     pub type TestBackend = burn::backend::Flex;
     pub type TestDevice = burn::backend::flex::FlexDevice;
 
-    /// Max absolute difference between two flat vectors.
-    pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len(), "length mismatch");
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-    }
+    pub use crate::testing::max_abs_diff;
 }
