@@ -157,6 +157,44 @@ fn misshaped_and_missing_keys_are_named() {
     assert!(err.contains(&format!("missing: `{dropped}`")) && err.contains("decoder.layers.3.linear1.bias"), "{err}");
 }
 
+#[test]
+fn non_finite_and_integer_weights_are_refused_naming_the_tensor() {
+    let device = Default::default();
+    let cfg = config::load(Some(&fixture("mpf.toml")), &[]).unwrap();
+    let store = TensorStore::from_safetensors(&fixture("model.safetensors")).unwrap();
+    let nan_key = "model.transformer_module.decoder.layers.3.fc1.bias";
+    let int_key = "model.transformer_module.decoder.layers.2.fc2.bias";
+    let mut entries: Vec<(String, safetensors::Dtype, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (k, t) in &store.tensors {
+        let mut data = t.data.clone();
+        if k == nan_key {
+            data[1] = f32::NAN;
+        }
+        if k == int_key {
+            let bytes = data.iter().flat_map(|v| (v.round() as i64).to_le_bytes()).collect();
+            entries.push((k.clone(), safetensors::Dtype::I64, bytes, t.shape.clone()));
+        } else {
+            entries.push((
+                k.clone(),
+                safetensors::Dtype::F32,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                t.shape.clone(),
+            ));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = entries
+        .iter()
+        .map(|(k, d, b, s)| (k.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let dir = tempfile_dir();
+    let path = dir.join("broken.safetensors");
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    let model = cfg.model.init::<Flex>(&device).unwrap();
+    let err = import(model, &path, Source::HuggingFace, &device).unwrap_err().to_string();
+    assert!(err.contains(&format!("non-finite: `{nan_key}`")) && err.contains("flat index 1"), "{err}");
+    assert!(err.contains(&format!("integer: `{int_key}`")), "{err}");
+}
+
 fn tempfile_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mpf-hf-parity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -183,8 +183,11 @@ fn ten_steps_then_resume_ten_equals_twenty_steps() {
 
     let images = dir.path().join("synth");
     mpformer::data::synth::write(&images, mpformer::data::synth::SynthStyle::Cluttered, 2, 9, 48).unwrap();
+    // An unreadable file among them: reported, the others still predicted.
+    std::fs::write(images.join("images/000001_broken.png"), b"not a png").unwrap();
     let inputs = mpformer::train::predict::list_images(&images.join("images")).unwrap();
-    let preds = PredictTask {
+    assert_eq!(inputs.len(), 3);
+    let report = PredictTask {
         checkpoint: ck,
         config: cfg.clone(),
         inputs,
@@ -194,8 +197,14 @@ fn ten_steps_then_resume_ten_equals_twenty_steps() {
     }
     .run::<Flex>(FlexDevice, "flex")
     .unwrap();
-    assert_eq!(preds.len(), 2);
-    let p = &preds[0];
+    assert_eq!(report.predictions.len(), 2);
+    assert_eq!(report.failures.len(), 1);
+    assert!(report.failures[0].0.ends_with("000001_broken.png"), "{:?}", report.failures);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("pred/predictions.json")).unwrap()).unwrap();
+    assert_eq!(written.as_array().unwrap().len(), 2);
+    assert!(dir.path().join("pred/errors.json").exists());
+    let p = &report.predictions[0];
     assert_eq!(p.masks.len(), 5, "min score 0 keeps every detection");
     let m = mpformer::eval::coco::decode(&p.masks[0].segmentation).unwrap();
     assert_eq!([m.height, m.width], [48, 48]);

@@ -82,6 +82,8 @@ impl CocoInstances {
             if img.height == 0 || img.width == 0 {
                 return Err(DataError::invalid(json, format!("image {}", img.id), "missing height or width"));
             }
+            crate::check_image_size(img.height as usize, img.width as usize)
+                .map_err(|m| DataError::invalid(json, format!("image {} ({})", img.id, img.file_name), m))?;
             if by_id.insert(img.id, images.len()).is_some() {
                 return Err(DataError::invalid(json, format!("image {}", img.id), "duplicate image id"));
             }

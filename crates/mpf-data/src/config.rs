@@ -186,8 +186,8 @@ impl DataConfig {
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
         }
-        if self.crop_size.contains(&0) {
-            return bad("crop_size", format!("must be positive, got {:?}", self.crop_size));
+        if let Err(m) = crate::check_image_size(self.crop_size[0], self.crop_size[1]) {
+            return bad("crop_size", m);
         }
         if !(self.min_scale > 0.0 && self.min_scale <= self.max_scale && self.max_scale.is_finite()) {
             return bad(
@@ -201,8 +201,13 @@ impl DataConfig {
         if !(self.cat_max_ratio > 0.0 && self.cat_max_ratio <= 1.0) {
             return bad("cat_max_ratio", format!("must lie in (0, 1], got {}", self.cat_max_ratio));
         }
-        if self.format == Format::Synthetic && self.synthetic_size < 16 {
-            return bad("synthetic_size", format!("must be at least 16 pixels, got {}", self.synthetic_size));
+        if self.format == Format::Synthetic {
+            if self.synthetic_size < 16 {
+                return bad("synthetic_size", format!("must be at least 16 pixels, got {}", self.synthetic_size));
+            }
+            if let Err(m) = crate::check_image_size(self.synthetic_size, self.synthetic_size) {
+                return bad("synthetic_size", m);
+            }
         }
         Ok(())
     }

@@ -181,6 +181,27 @@ impl DataError {
     }
 }
 
+/// The largest image, in pixels, that the data sets, the augmentations and `synth` accept:
+/// Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, 89,478,485 pixels, about
+/// 9459 × 9459). Larger sizes — usually a typo or a corrupt JSON — are refused up front, naming the
+/// item, instead of failing a multi-gigabyte allocation later.
+pub const MAX_IMAGE_PIXELS: usize = 89_478_485;
+
+/// Checks `height × width` against [`MAX_IMAGE_PIXELS`] (and that neither side is 0); the error
+/// text states both sizes and the limit.
+pub fn check_image_size(height: usize, width: usize) -> Result<(), String> {
+    if height == 0 || width == 0 {
+        return Err(format!("image size {height}×{width} is empty"));
+    }
+    match height.checked_mul(width) {
+        Some(n) if n <= MAX_IMAGE_PIXELS => Ok(()),
+        _ => Err(format!(
+            "image size {height}×{width} exceeds the limit of {MAX_IMAGE_PIXELS} pixels (Pillow's decompression-bomb \
+             limit)"
+        )),
+    }
+}
+
 /// Reads an image file as RGB, naming the file and the item on failure.
 pub fn read_rgb(path: &Path, item: &str) -> Result<RgbImage, DataError> {
     let img = image::open(path)

@@ -90,6 +90,7 @@ impl CocoPanoptic {
             let image = by_id
                 .get(&a.image_id)
                 .ok_or_else(|| DataError::invalid(json, &item, format!("refers to unknown image {}", a.image_id)))?;
+            crate::check_image_size(image.height, image.width).map_err(|m| DataError::invalid(json, &item, m))?;
             let mut segments = Vec::new();
             for s in &a.segments_info {
                 let &label = cat_index.get(&s.category_id).ok_or_else(|| {

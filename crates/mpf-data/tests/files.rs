@@ -115,6 +115,34 @@ fn bad_coco_input_names_the_file_and_item() {
     blank(dir.path(), "a.png", 20, 31);
     let e = data.get(0).unwrap_err().to_string();
     assert!(e.contains("20×31") && e.contains("23×31"), "{e}");
+    // An image declared far too large is refused when the JSON is opened, before any allocation.
+    let dir = coco_dir();
+    let p = edit_json(dir.path(), |v| {
+        v["images"][1]["height"] = 100_000.into();
+        v["images"][1]["width"] = 100_000.into();
+    });
+    let e = CocoInstances::open(&p, dir.path()).unwrap_err().to_string();
+    assert!(e.contains("instances.json") && e.contains("image 2 (b.png)") && e.contains("100000×100000"), "{e}");
+}
+
+#[test]
+fn oversized_synthetic_and_panoptic_sizes_are_refused() {
+    assert!(mpf_data::check_image_size(9459, 9459).is_ok());
+    assert!(mpf_data::check_image_size(9460, 9460).unwrap_err().contains("89478485"));
+    assert!(mpf_data::check_image_size(usize::MAX, 2).is_err(), "overflowing products are refused");
+    let dir = tempfile::tempdir().unwrap();
+    let e = synth::write(dir.path(), synth::SynthStyle::Simple, 1, 0, 100_000).unwrap_err().to_string();
+    assert!(e.contains("image size") && e.contains("100000×100000"), "{e}");
+    assert!(synth::write(dir.path(), synth::SynthStyle::Simple, 1, 0, 8).is_err());
+    synth::write(dir.path(), synth::SynthStyle::Simple, 1, 0, 32).unwrap();
+    let path = dir.path().join("panoptic.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["images"][0]["height"] = 200_000.into();
+    v["images"][0]["width"] = 1000.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let e =
+        CocoPanoptic::open(&path, &dir.path().join("images"), &dir.path().join("panoptic")).unwrap_err().to_string();
+    assert!(e.contains("panoptic.json") && e.contains("image 0") && e.contains("200000×1000"), "{e}");
 }
 
 #[test]

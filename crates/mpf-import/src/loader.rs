@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use mpf_model::Mask2Former;
 
@@ -33,24 +33,7 @@ pub struct ImportReport {
 /// Dotted field path of every float parameter of `module`, in visit order (enum variant names
 /// left out).
 pub fn param_paths<B: Backend, M: Module<B>>(module: &M) -> Vec<String> {
-    struct Paths {
-        stack: Vec<String>,
-        out: Vec<String>,
-    }
-    impl<B: Backend> ModuleVisitor<B> for Paths {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.push(if container_type.starts_with("Enum:") { String::new() } else { name.into() });
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.stack.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<B, D>>) {
-            self.out.push(join(&self.stack));
-        }
-    }
-    let mut p = Paths { stack: Vec::new(), out: Vec::new() };
-    module.visit(&mut p);
-    p.out
+    mpf_model::model::param_shapes(module).into_iter().map(|(path, _)| path).collect()
 }
 
 fn join(stack: &[String]) -> String {
@@ -122,6 +105,21 @@ impl<B: Backend> ModuleMapper<B> for Loader<'_, B> {
             return keep(old);
         };
         self.used.insert(src_key.name.clone());
+        if self.store.integer.contains(&src_key.name) {
+            self.problems.push(format!(
+                "integer: `{}` is stored with an integer dtype, `{path}` is a float parameter",
+                src_key.name
+            ));
+            return keep(old);
+        }
+        if let Some(i) = src.data.iter().position(|v| !v.is_finite()) {
+            let bad = src.data.iter().filter(|v| !v.is_finite()).count();
+            self.problems.push(format!(
+                "non-finite: `{}` (for `{path}`) holds {bad} NaN or infinite value(s), the first at flat index {i} ({})",
+                src_key.name, src.data[i]
+            ));
+            return keep(old);
+        }
         let t = match transformed(src, src_key.transform) {
             Ok(t) => t,
             Err(e) => {

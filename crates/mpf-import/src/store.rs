@@ -1,6 +1,6 @@
 //! Host-side tensors read from a `.safetensors` file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
@@ -24,6 +24,9 @@ pub struct TensorStore {
     pub path: PathBuf,
     /// Tensors by key.
     pub tensors: BTreeMap<String, HostTensor>,
+    /// Keys of the tensors stored with an integer dtype (their values are converted to f32 above;
+    /// the loader refuses them for float parameters, which every mpf parameter is).
+    pub integer: BTreeSet<String>,
 }
 
 impl TensorStore {
@@ -33,8 +36,12 @@ impl TensorStore {
         let fmt = |message: String| ImportError::Format { path: path.into(), message };
         let st = SafeTensors::deserialize(&bytes).map_err(|e| fmt(format!("not a safetensors file: {e}")))?;
         let mut tensors = BTreeMap::new();
+        let mut integer = BTreeSet::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
+            if matches!(view.dtype(), Dtype::I64 | Dtype::I32) {
+                integer.insert(name.clone());
+            }
             let data: Vec<f32> = match view.dtype() {
                 Dtype::F32 => raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
                 Dtype::F64 => {
@@ -52,7 +59,7 @@ impl TensorStore {
             };
             tensors.insert(name, HostTensor { shape: view.shape().to_vec(), data });
         }
-        Ok(Self { path: path.into(), tensors })
+        Ok(Self { path: path.into(), tensors, integer })
     }
 
     /// Reads every tensor of a PyTorch `torch.save` checkpoint (a state dict; a top-level
@@ -64,12 +71,16 @@ impl TensorStore {
             .or_else(|_| burn_store::pytorch::PytorchReader::with_top_level_key(path, "model"))
             .map_err(|e| fmt(format!("not a readable PyTorch checkpoint: {e}")))?;
         let mut tensors = BTreeMap::new();
+        let mut integer = BTreeSet::new();
         for (name, snap) in reader.into_tensors() {
             let data = snap.to_data().map_err(|e| fmt(format!("tensor `{name}`: {e:?}")))?;
+            if !data.dtype.is_float() {
+                integer.insert(name.clone());
+            }
             let shape = data.shape.to_vec();
             let data = data.convert::<f32>().to_vec::<f32>().map_err(|e| fmt(format!("tensor `{name}`: {e:?}")))?;
             tensors.insert(name, HostTensor { shape, data });
         }
-        Ok(Self { path: path.into(), tensors })
+        Ok(Self { path: path.into(), tensors, integer })
     }
 }

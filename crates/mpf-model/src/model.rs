@@ -26,6 +26,30 @@ impl Default for InputConfig {
     }
 }
 
+/// Upper limits of the model's size keys, checked by [`Mask2FormerConfig::validate`]: `(key, max)`.
+/// Each is far above any published Mask2Former / MP-Former model (Swin-L: 200 queries, 1024-wide
+/// backbone stages, hidden 256, ffn 2048), so only typos and overflow-sized values are refused.
+pub const SIZE_LIMITS: [(&str, usize); 14] = [
+    ("model.num_classes", 100_000),
+    ("model.backbone.width", 1024),
+    ("model.pixel_decoder.conv_dim", 4096),
+    ("model.pixel_decoder.mask_dim", 4096),
+    ("model.pixel_decoder.num_heads", 256),
+    ("model.pixel_decoder.num_points", 64),
+    ("model.pixel_decoder.ffn_dim", 65_536),
+    ("model.pixel_decoder.gn_groups", 4096),
+    ("model.pixel_decoder.encoder_layers", 64),
+    ("model.decoder.hidden_dim", 4096),
+    ("model.decoder.num_queries", 10_000),
+    ("model.decoder.num_heads", 256),
+    ("model.decoder.ffn_dim", 65_536),
+    ("model.decoder.num_layers", 64),
+];
+
+fn size_limit(key: &str) -> usize {
+    SIZE_LIMITS.iter().find(|(k, _)| *k == key).map_or(usize::MAX, |(_, v)| *v)
+}
+
 /// Configuration of [`Mask2Former`]. Defaults are the COCO R50 model of the paper (80 classes,
 /// 100 queries, 9 decoder layers, 256 wide).
 #[derive(Config, Debug)]
@@ -45,41 +69,64 @@ pub struct Mask2FormerConfig {
 }
 
 impl Mask2FormerConfig {
-    /// Checks every constraint the parts rely on, naming the offending config key.
+    /// Checks every constraint the parts rely on, naming the offending config key: every size is
+    /// at least 1 and at most its [`SIZE_LIMITS`] entry (far above any published model, low enough
+    /// that a typo such as `num_queries = 4000000000` is refused up front instead of failing an
+    /// allocation later), head counts and group counts divide the widths they split, and widths fed
+    /// to the sine position encoding are even.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |key: &str, reason: String| Err(ModelError::InvalidConfig { key: key.into(), reason });
         self.backbone.layout()?;
         let pd = &self.pixel_decoder;
         let dec = &self.decoder;
-        if self.num_classes == 0 {
-            return bad("model.num_classes", "must be > 0".into());
+        let sizes = [
+            ("model.num_classes", self.num_classes),
+            ("model.backbone.width", self.backbone.width),
+            ("model.pixel_decoder.conv_dim", pd.conv_dim),
+            ("model.pixel_decoder.mask_dim", pd.mask_dim),
+            ("model.pixel_decoder.num_heads", pd.num_heads),
+            ("model.pixel_decoder.num_points", pd.num_points),
+            ("model.pixel_decoder.ffn_dim", pd.ffn_dim),
+            ("model.pixel_decoder.gn_groups", pd.gn_groups),
+            ("model.decoder.hidden_dim", dec.hidden_dim),
+            ("model.decoder.num_queries", dec.num_queries),
+            ("model.decoder.num_heads", dec.num_heads),
+            ("model.decoder.ffn_dim", dec.ffn_dim),
+            ("model.decoder.num_layers", dec.num_layers),
+        ];
+        for (key, value) in sizes {
+            let limit = size_limit(key);
+            if value == 0 || value > limit {
+                return bad(key, format!("{value} is outside 1..={limit}"));
+            }
         }
-        if pd.conv_dim == 0 || pd.gn_groups == 0 || !pd.conv_dim.is_multiple_of(pd.gn_groups) {
+        let limit = size_limit("model.pixel_decoder.encoder_layers");
+        if pd.encoder_layers > limit {
+            return bad("model.pixel_decoder.encoder_layers", format!("{} is outside 0..={limit}", pd.encoder_layers));
+        }
+        if !pd.conv_dim.is_multiple_of(pd.gn_groups) {
             return bad(
                 "model.pixel_decoder.gn_groups",
                 format!("{} must divide conv_dim {}", pd.gn_groups, pd.conv_dim),
             );
         }
-        if pd.num_heads == 0 || !pd.conv_dim.is_multiple_of(pd.num_heads) {
+        if !pd.conv_dim.is_multiple_of(pd.num_heads) {
             return bad(
                 "model.pixel_decoder.num_heads",
                 format!("{} must divide conv_dim {}", pd.num_heads, pd.conv_dim),
             );
         }
-        if dec.num_heads == 0 || !dec.hidden_dim.is_multiple_of(dec.num_heads) {
+        if !dec.hidden_dim.is_multiple_of(dec.num_heads) {
             return bad(
                 "model.decoder.num_heads",
                 format!("{} must divide hidden_dim {}", dec.num_heads, dec.hidden_dim),
             );
         }
-        if !dec.hidden_dim.is_multiple_of(2) || !pd.conv_dim.is_multiple_of(2) {
-            return bad("model.decoder.hidden_dim", "widths must be even for the sine encoding".into());
+        if !dec.hidden_dim.is_multiple_of(2) {
+            return bad("model.decoder.hidden_dim", format!("{} must be even (sine encoding)", dec.hidden_dim));
         }
-        if dec.num_queries == 0 {
-            return bad("model.decoder.num_queries", "must be > 0".into());
-        }
-        if dec.num_layers == 0 {
-            return bad("model.decoder.num_layers", "must be > 0".into());
+        if !pd.conv_dim.is_multiple_of(2) {
+            return bad("model.pixel_decoder.conv_dim", format!("{} must be even (sine encoding)", pd.conv_dim));
         }
         Ok(())
     }
@@ -185,6 +232,31 @@ pub fn join_parameter_graphs<B: Backend, M: Module<B>>(module: &M) {
     {
         let _ = Tensor::cat(c.parts, 0);
     }
+}
+
+/// The dotted field path (enum variant names left out, e.g. `decoder.layers.0.linear1.weight`)
+/// and shape of every float parameter of `module`, in visit order; shapes come from
+/// `Param::lazy_shape`, so nothing is initialised.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    struct Walk {
+        stack: Vec<String>,
+        out: Vec<(String, Vec<usize>)>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Walk {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.stack.push(if container_type.starts_with("Enum:") { String::new() } else { name.into() });
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let path = self.stack.iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join(".");
+            self.out.push((path, param.lazy_shape().to_vec()));
+        }
+    }
+    let mut w = Walk { stack: Vec::new(), out: Vec::new() };
+    module.visit(&mut w);
+    w.out
 }
 
 /// Counts the elements of trainable parameters: everything except the four vectors of each
@@ -359,5 +431,29 @@ mod tests {
         let cfg = Mask2FormerConfig::new().with_decoder(TransformerDecoderConfig::new().with_num_heads(7));
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("model.decoder.num_heads"), "{err}");
+    }
+
+    #[test]
+    fn zero_and_oversized_sizes_name_the_key() {
+        let dec = TransformerDecoderConfig::new;
+        let pd = PixelDecoderConfig::new;
+        let cases: Vec<(Mask2FormerConfig, &str)> = vec![
+            (Mask2FormerConfig::new().with_decoder(dec().with_hidden_dim(0)), "model.decoder.hidden_dim"),
+            (Mask2FormerConfig::new().with_decoder(dec().with_ffn_dim(0)), "model.decoder.ffn_dim"),
+            (Mask2FormerConfig::new().with_pixel_decoder(pd().with_ffn_dim(0)), "model.pixel_decoder.ffn_dim"),
+            (Mask2FormerConfig::new().with_pixel_decoder(pd().with_num_points(0)), "model.pixel_decoder.num_points"),
+            (Mask2FormerConfig::new().with_pixel_decoder(pd().with_mask_dim(0)), "model.pixel_decoder.mask_dim"),
+            (Mask2FormerConfig::new().with_backbone(ResNetConfig::new().with_width(0)), "model.backbone.width"),
+            (Mask2FormerConfig::new().with_decoder(dec().with_num_queries(4_000_000_000)), "model.decoder.num_queries"),
+            (Mask2FormerConfig::new().with_pixel_decoder(pd().with_conv_dim(30)), "model.pixel_decoder.gn_groups"),
+        ];
+        for (cfg, key) in cases {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        let ok = Mask2FormerConfig::new().with_pixel_decoder(pd().with_encoder_layers(0));
+        assert!(ok.validate().is_ok(), "a pixel decoder without encoder layers is valid");
+        assert_eq!(SIZE_LIMITS.len(), 14);
+        assert!(SIZE_LIMITS.iter().all(|(k, _)| size_limit(k) != usize::MAX));
     }
 }

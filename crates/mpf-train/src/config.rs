@@ -224,7 +224,18 @@ fn load_from(source: Option<Source>, overrides: &[String]) -> Result<ExperimentC
     for o in overrides {
         let (key, raw) = o.split_once('=').ok_or_else(|| ConfigError::BadOverride(o.clone()))?;
         let key = key.trim();
-        let value = parse_value(raw.trim());
+        let raw = raw.trim();
+        let digits = raw.strip_prefix(['-', '+']).unwrap_or(raw);
+        if !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+            && raw.replace('_', "").parse::<i64>().is_err()
+        {
+            return Err(ConfigError::Invalid {
+                origin: format!("--set {key}"),
+                message: format!("`{key}` = {raw} is out of the range of a TOML integer (64-bit signed)"),
+            });
+        }
+        let value = parse_value(raw);
         let mut table = Table::new();
         insert_dotted(&mut table, key, value);
         merge(&mut merged, &Value::Table(table), "", &format!("--set {key}"))?;
@@ -280,7 +291,7 @@ fn merge_file(merged: &mut Value, source: &Source, chain: &mut Vec<PathBuf>) -> 
         Some(v) => {
             return Err(ConfigError::Invalid {
                 origin,
-                message: format!("`extends` expects a file path string, got a {}", v.type_str()),
+                message: format!("`extends` expects a file path string, got {}", article(v.type_str())),
             });
         }
     }
@@ -337,7 +348,11 @@ fn merge(base: &mut Value, over: &Value, prefix: &str, origin: &str) -> Result<(
                 if std::mem::discriminant(slot) != std::mem::discriminant(&v) {
                     return Err(ConfigError::Invalid {
                         origin: origin.into(),
-                        message: format!("`{key}` expects a {}, got a {} ({v})", slot.type_str(), v.type_str()),
+                        message: format!(
+                            "`{key}` expects {}, got {} ({v})",
+                            article(slot.type_str()),
+                            article(v.type_str())
+                        ),
                     });
                 }
                 *slot = v;
@@ -345,6 +360,12 @@ fn merge(base: &mut Value, over: &Value, prefix: &str, origin: &str) -> Result<(
         }
     }
     Ok(())
+}
+
+/// `a string`, `an integer`, … for error messages.
+fn article(type_name: &str) -> String {
+    let vowel = type_name.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {type_name}", if vowel { "an" } else { "a" })
 }
 
 /// Integers are accepted where floats are expected (`--set test.overlap_threshold=1`).
@@ -450,6 +471,29 @@ mod tests {
         let e = load(None, &["model.backbone.norm=\"group\"".into()]).unwrap_err().to_string();
         assert!(e.contains("norm") || e.contains("group"), "{e}");
         assert!(matches!(load(None, &["seed".into()]), Err(ConfigError::BadOverride(_))));
+        let e = load(None, &["model.decoder.num_queries=99999999999999999999".into()]).unwrap_err().to_string();
+        assert!(e.contains("model.decoder.num_queries") && e.contains("out of the range"), "{e}");
+        let e = load(None, &["seed=\"x\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("expects an integer, got a string"), "{e}");
+        assert_eq!(load(None, &["data.synthetic_train=1_000".into()]).unwrap().data.synthetic_train, 1000);
+    }
+
+    #[test]
+    fn zero_and_huge_sizes_fail_naming_file_and_key() {
+        for (set, key) in [
+            ("model.decoder.hidden_dim=0", "model.decoder.hidden_dim"),
+            ("model.decoder.ffn_dim=0", "model.decoder.ffn_dim"),
+            ("model.pixel_decoder.ffn_dim=0", "model.pixel_decoder.ffn_dim"),
+            ("model.pixel_decoder.num_points=0", "model.pixel_decoder.num_points"),
+            ("model.decoder.num_queries=4000000000", "model.decoder.num_queries"),
+            ("data.crop_size=[100000, 100000]", "data.crop_size"),
+        ] {
+            let e = load(None, &[set.into()]).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("--set"), "{set}: {e}");
+        }
+        let f = write("[model.backbone]\nwidth = 0\n");
+        let e = load(Some(f.path()), &[]).unwrap_err().to_string();
+        assert!(e.contains("model.backbone.width") && e.contains(&f.path().display().to_string()), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod info;
 pub mod layers;
 pub mod predict;
 pub mod report;
+pub mod run_lock;
 pub mod solver;
 pub mod train;
 
@@ -32,5 +33,18 @@ pub fn keep_freed_memory() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
         libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
+/// Restores the default `SIGPIPE` action, so that output piped into a reader that stops early
+/// (`mpf-train synth … | head`) ends the program quietly, as other command-line tools do, instead
+/// of a panic in `println!` (Rust ignores `SIGPIPE` by default). Unix only; a no-op elsewhere.
+/// Call once at program start.
+pub fn quiet_broken_pipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to its default at program start, before any other
+    // thread exists, has no memory-safety implications.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

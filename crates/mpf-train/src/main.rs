@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use mpf_import::{Source, import};
 use mpf_train::checkpoint::CheckpointInfo;
@@ -153,8 +153,8 @@ enum Command {
         /// Also draw, per shown query, its mask at each decoder prediction (NAME_layers.png).
         #[arg(long)]
         layers: bool,
-        /// Instances scoring below this are not drawn or written.
-        #[arg(long, default_value_t = 0.5)]
+        /// Instances scoring below this are not drawn or written (0 to 1).
+        #[arg(long, default_value_t = 0.5, allow_negative_numbers = true, value_parser = score_in_unit_range)]
         min_score: f32,
         /// Device: flex, wgpu, cuda or cuda:N.
         #[arg(long, default_value = "flex")]
@@ -205,9 +205,12 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         config: ConfigArgs,
-        /// Checkpoint folder to write.
+        /// Checkpoint folder to write (refused when it holds a checkpoint, unless --force).
         #[arg(long)]
         output: PathBuf,
+        /// Replace a checkpoint already at --output.
+        #[arg(long)]
+        force: bool,
     },
     /// Write the synthetic shapes data set as files: COCO instance JSON, COCO panoptic and
     /// semantic label PNGs.
@@ -319,6 +322,12 @@ impl BackendTask for ImportTask {
     }
 }
 
+/// Parses a score threshold in `[0, 1]`.
+fn score_in_unit_range(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{v} is outside 0..=1")) }
+}
+
 /// `--set` overrides that point a split of `[data]` at a COCO JSON (instance or panoptic,
 /// detected by `segments_info`) and its image folder.
 fn coco_data_overrides(
@@ -329,14 +338,18 @@ fn coco_data_overrides(
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let format = if text.contains("\"segments_info\"") { "coco_panoptic" } else { "coco" };
     let folder = images.map(PathBuf::from).unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
-    let q = |p: &std::path::Path| format!("\"{}\"", p.display().to_string().replace('\\', "/"));
+    // A TOML basic string with `"`, `\` and control characters escaped, so any UTF-8 path survives.
+    let q = |p: &std::path::Path| -> anyhow::Result<String> {
+        let s = p.to_str().with_context(|| format!("path {} is not valid UTF-8", p.display()))?;
+        Ok(toml::Value::String(s.to_string()).to_string())
+    };
     let mut sets = vec![
         format!("data.format=\"{format}\""),
-        format!("data.{split}_annotations={}", q(path)),
-        format!("data.{split}_images={}", q(&folder)),
+        format!("data.{split}_annotations={}", q(path)?),
+        format!("data.{split}_images={}", q(&folder)?),
     ];
     if format == "coco_panoptic" {
-        sets.push(format!("data.{split}_panoptic={}", q(&path.with_extension(""))));
+        sets.push(format!("data.{split}_panoptic={}", q(&path.with_extension(""))?));
     }
     Ok(sets)
 }
@@ -389,6 +402,7 @@ fn run_training(task: TrainTask, device: &str) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     mpf_train::keep_freed_memory();
+    mpf_train::quiet_broken_pipe();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         let cfg = config::load_embedded("simple_mpformer.toml", &[])?;
@@ -503,14 +517,25 @@ fn main() -> anyhow::Result<()> {
                 options: PredictOptions { min_score, layers },
                 progress: true,
             };
-            let preds = dispatch(device.parse()?, task)??;
-            for p in &preds {
+            let report = dispatch(device.parse()?, task)??;
+            for p in &report.predictions {
                 println!("{}: {} masks → {}", p.file, p.masks.len(), p.overlay);
                 if let Some(l) = &p.layers {
                     println!("  layers: {l}");
                 }
             }
             println!("masks (COCO RLE): {}", output.join("predictions.json").display());
+            if !report.failures.is_empty() {
+                for (file, e) in &report.failures {
+                    eprintln!("failed: {file}: {e}");
+                }
+                bail!(
+                    "{} of {} images failed (listed in {}); the others were predicted",
+                    report.failures.len(),
+                    report.failures.len() + report.predictions.len(),
+                    output.join("errors.json").display()
+                );
+            }
         }
         Command::Info { config: c, size, json } => {
             let cfg = config::load(c.config.as_deref(), &c.set)?;
@@ -554,7 +579,13 @@ fn main() -> anyhow::Result<()> {
             println!("weights: {}", report.weights);
             println!("report: {}", output.join("forward.json").display());
         }
-        Command::Import { from, file, config: c, output } => {
+        Command::Import { from, file, config: c, output, force } => {
+            if !force && output.join("checkpoint.json").exists() {
+                bail!(
+                    "{} already holds a checkpoint; pass --force to replace it, or choose another --output",
+                    output.display()
+                );
+            }
             let cfg = config::load(c.config.as_deref(), &c.set)?;
             let (source, name) = match from {
                 ImportFrom::Hf => (Source::HuggingFace, "hf"),

@@ -281,31 +281,56 @@ pub struct PredictTask {
     pub progress: bool,
 }
 
-impl BackendTask for PredictTask {
-    type Output = anyhow::Result<Vec<ImagePrediction>>;
+/// What `predict` did: the images it predicted, and the ones it could not read or run, with why.
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictReport {
+    /// One entry per predicted image, in input order (also written to `predictions.json`).
+    pub predictions: Vec<ImagePrediction>,
+    /// `(file, error)` for every image that failed (also written to `errors.json` when any did).
+    pub failures: Vec<(String, String)>,
+}
 
+impl BackendTask for PredictTask {
+    type Output = anyhow::Result<PredictReport>;
+
+    /// Predicts every input; an image that cannot be read or run is recorded in the report's
+    /// failures and the others still go through, so one bad file never loses the batch.
     fn run<B: Backend>(self, device: B::Device, _: &str) -> Self::Output {
         let model = crate::checkpoint::load::<B>(&self.checkpoint, &self.config, &device)?.model;
         std::fs::create_dir_all(&self.output).with_context(|| format!("cannot create {}", self.output.display()))?;
         let pb = progress(self.inputs.len() as u64, self.progress, "predict");
-        let mut out = Vec::new();
+        let mut report = PredictReport { predictions: Vec::new(), failures: Vec::new() };
         for path in &self.inputs {
-            let img = mpf_data::read_rgb(path, &path.display().to_string())?;
-            let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
             let file = path.display().to_string();
-            out.push(write_prediction(
-                &model,
-                &self.config,
-                (&img, &file, &stem),
-                &self.output,
-                self.options,
-                &device,
-            )?);
+            let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
+            let one = mpf_data::read_rgb(path, &file).map_err(anyhow::Error::from).and_then(|img| {
+                write_prediction(&model, &self.config, (&img, &file, &stem), &self.output, self.options, &device)
+            });
+            match one {
+                Ok(p) => report.predictions.push(p),
+                Err(e) => {
+                    pb.suspend(|| tracing::error!("{file}: {e:#}"));
+                    report.failures.push((file, format!("{e:#}")));
+                }
+            }
             pb.inc(1);
         }
         pb.finish_and_clear();
-        std::fs::write(self.output.join("predictions.json"), serde_json::to_string_pretty(&out)?)
-            .with_context(|| format!("cannot write {}", self.output.join("predictions.json").display()))?;
-        Ok(out)
+        let write = |name: &str, text: String| {
+            let path = self.output.join(name);
+            std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))
+        };
+        write("predictions.json", serde_json::to_string_pretty(&report.predictions)?)?;
+        let errors = self.output.join("errors.json");
+        if report.failures.is_empty() {
+            if errors.exists() {
+                std::fs::remove_file(&errors).with_context(|| format!("cannot remove {}", errors.display()))?;
+            }
+        } else {
+            let list: Vec<serde_json::Value> =
+                report.failures.iter().map(|(f, e)| serde_json::json!({"file": f, "error": e})).collect();
+            write("errors.json", serde_json::to_string_pretty(&list)?)?;
+        }
+        Ok(report)
     }
 }

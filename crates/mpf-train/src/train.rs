@@ -39,6 +39,7 @@ use crate::checkpoint::{self, CheckpointInfo, TrainingState};
 use crate::config::ExperimentConfig;
 use crate::device::BackendTask;
 use crate::evaluate::{Evaluation, evaluate, progress};
+use crate::run_lock::RunLock;
 use crate::solver::{ParamGroup, add_grads, clip_global, param_groups, split_grads};
 
 /// The `[train]` table: periods of logging, evaluation and checkpoints (in optimiser steps).
@@ -182,37 +183,79 @@ pub fn run_dir_of(checkpoint: &Path) -> PathBuf {
 struct Log {
     file: std::fs::File,
     path: PathBuf,
+    /// Steps of the evaluation lines kept from before this process.
+    evals: Vec<u64>,
 }
 
 impl Log {
-    /// Opens the log; when resuming at `start`, lines of later steps (from a run that crashed
-    /// after its last checkpoint) are dropped so the log matches the restored state.
+    /// Opens the log. A new run (`start` 0) starts it empty. A resumed run keeps the lines up to
+    /// `start` and drops later ones (from a run that crashed after its last checkpoint), rewriting
+    /// the file through a temporary file and a rename; a log that cannot be read, or a line that is
+    /// not JSON (other than a last line cut short by a crash), is an error naming the line.
     fn open(path: &Path, start: u64) -> anyhow::Result<Self> {
-        let kept: Vec<String> = if start > 0 {
-            std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l)
-                        .ok()
-                        .and_then(|v| v["step"].as_u64())
-                        .is_some_and(|s| s <= start)
-                })
-                .map(str::to_string)
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let mut kept: Vec<String> = Vec::new();
+        let mut evals = Vec::new();
+        if start > 0 {
+            match std::fs::read(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::warn!("{} is missing; the resumed run starts a new log", path.display());
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+                Ok(bytes) => {
+                    let text = String::from_utf8(bytes).map_err(|e| {
+                        let line = e.as_bytes()[..e.utf8_error().valid_up_to()].iter().filter(|&&b| b == b'\n').count();
+                        anyhow::anyhow!(
+                            "{} line {}: invalid UTF-8; fix or remove the line before resuming",
+                            path.display(),
+                            line + 1
+                        )
+                    })?;
+                    let complete = text.ends_with('\n');
+                    let lines: Vec<&str> = text.lines().collect();
+                    for (i, line) in lines.iter().enumerate() {
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        let v = match serde_json::from_str::<serde_json::Value>(line) {
+                            Ok(v) => v,
+                            Err(_) if i + 1 == lines.len() && !complete => {
+                                tracing::warn!("{}: dropping a last line cut short by a crash", path.display());
+                                continue;
+                            }
+                            Err(e) => bail!(
+                                "{} line {}: not a JSON line ({e}); fix or remove the line before resuming",
+                                path.display(),
+                                i + 1
+                            ),
+                        };
+                        let step = v["step"]
+                            .as_u64()
+                            .with_context(|| format!("{} line {}: the line has no \"step\"", path.display(), i + 1))?;
+                        if step <= start {
+                            if v["type"] == "eval" {
+                                evals.push(step);
+                            }
+                            kept.push(line.to_string());
+                        }
+                    }
+                }
+            }
+        }
         let mut text = kept.join("\n");
         if !text.is_empty() {
             text.push('\n');
         }
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        checkpoint::write_atomic(path, &text)?;
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open {}", path.display()))?;
-        Ok(Self { file, path: path.to_path_buf() })
+        Ok(Self { file, path: path.to_path_buf(), evals })
+    }
+
+    /// Whether the kept log holds an evaluation at `step`.
+    fn has_eval(&self, step: u64) -> bool {
+        self.evals.contains(&step)
     }
 
     fn write(&mut self, v: &serde_json::Value) -> anyhow::Result<()> {
@@ -250,6 +293,9 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
     let cfg = &task.config;
     let run = &task.output;
     let ckpt_root = run.join("checkpoints");
+    // One process per run folder, held until this function returns.
+    let _lock = RunLock::acquire(run)?;
+    checkpoint::recover_swap(&run.join("best"))?;
     if task.resume.is_none() && !list_checkpoints(&ckpt_root).is_empty() {
         bail!(
             "{} already holds a run with checkpoints: continue it with --resume {} or choose another --output",
@@ -258,8 +304,6 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
         );
     }
     std::fs::create_dir_all(&ckpt_root).with_context(|| format!("cannot create {}", ckpt_root.display()))?;
-    std::fs::write(run.join("config.toml"), cfg.to_toml()?)
-        .with_context(|| format!("cannot write {}", run.join("config.toml").display()))?;
 
     // Data.
     let train_data = cfg.data.open(Split::Train, cfg.seed, &cfg.class_names)?;
@@ -289,7 +333,7 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
     if let Some(resume) = &task.resume {
         let dir = find_checkpoint(resume)?;
         let info = checkpoint::read_info(&dir)?;
-        let state = info.training.with_context(|| {
+        let state = info.training.clone().with_context(|| {
             format!("{} was not written by training (no optimiser state); it cannot be resumed", dir.display())
         })?;
         if state.groups != group_names {
@@ -301,7 +345,9 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
         optims = optims
             .into_iter()
             .enumerate()
-            .map(|(i, o)| Ok(o.load_record(checkpoint::read_record::<AD<B>, _>(&dir, &format!("optim-{i}"), &device)?)))
+            .map(|(i, o)| {
+                Ok(o.load_record(checkpoint::read_record::<AD<B>, _>(&dir, &info, &format!("optim-{i}"), &device)?))
+            })
             .collect::<anyhow::Result<_>>()?;
         start = state.step;
         best = state.best;
@@ -311,6 +357,8 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
     if start > max_iter {
         bail!("the checkpoint is at step {start}, beyond solver.max_iter = {max_iter}");
     }
+    // Only a config that was accepted (and, on resume, matched its checkpoint) becomes the run's.
+    checkpoint::write_atomic(&run.join("config.toml"), &cfg.to_toml()?)?;
     let accum = cfg.solver.accumulate as u64;
     let criterion = Criterion::new(cfg.loss.clone())?;
     let loader = Loader::new(
@@ -398,7 +446,7 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
                     training: Some(TrainingState { step: done, groups: group_names.clone(), best: best.clone() }),
                     ..CheckpointInfo::new(format!("training (best {metric} {value:.2} at step {done})"), Some(done))
                 };
-                checkpoint::save(&run.join("best"), cfg, inner, &info)?;
+                checkpoint::save_swapped(&run.join("best"), cfg, inner, &info)?;
             }
             last_eval = Some((done, ev));
         }
@@ -409,10 +457,13 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
                 ..CheckpointInfo::new(format!("training step {done}"), Some(done))
             };
             checkpoint::save_with(&dir, cfg, model.clone(), &info, |d| {
+                let mut names = Vec::new();
                 for (i, o) in optims.iter().enumerate() {
-                    checkpoint::write_record::<AD<B>, _>(d, &format!("optim-{i}"), o.to_record())?;
+                    let name = format!("optim-{i}");
+                    checkpoint::write_record::<AD<B>, _>(d, &name, o.to_record())?;
+                    names.push(name);
                 }
-                Ok(())
+                Ok(names)
             })?;
             let all = list_checkpoints(&ckpt_root);
             for old in all.iter().take(all.len().saturating_sub(cfg.train.keep_last)) {
@@ -423,14 +474,17 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
     }
     pb.finish_and_clear();
     let train_seconds = t_start.elapsed().as_secs_f64();
-    // A run resumed at its end has not evaluated in this process.
+    // A run resumed at its end has not evaluated in this process; its log may already hold the
+    // final evaluation (a kill after the last checkpoint), which is then not written twice.
     let evaluation = match last_eval {
         Some((s, ev)) if s == max_iter => ev,
         _ => {
             let inner = model.valid();
             let ev =
                 evaluate(&inner.model, cfg, val_data.as_ref(), &device, device_name, cfg.train.eval_images, false)?;
-            log.write(&eval_line(max_iter, &ev))?;
+            if !log.has_eval(max_iter) {
+                log.write(&eval_line(max_iter, &ev))?;
+            }
             ev
         }
     };

@@ -276,3 +276,200 @@ fn coco_eval_scores_files_as_the_references() {
         .arg(fx.join("instances_results.json")));
     assert!(!ok && stderr.contains("nope.json"), "{stderr}");
 }
+
+/// Runs the program; returns its exit code (1 for an error, 101 for a panic) and stderr.
+fn run_code(cmd: &mut Command) -> (Option<i32>, String) {
+    let out = cmd.output().expect("mpf-train runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn train_micro(run_dir: &std::path::Path, steps: u64, extra: &[&str]) -> Command {
+    let mut cmd = bin();
+    cmd.args(["train", "--config"]).arg(config("synthetic/tiny_mpformer.toml")).args(micro_sets(steps));
+    for s in extra {
+        cmd.args(["--set", s]);
+    }
+    cmd.arg("--output").arg(run_dir);
+    cmd
+}
+
+#[test]
+fn a_run_folder_takes_one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let mut first = train_micro(&run_dir, 1_000_000, &["train.checkpoint_period=100000000"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the first process holds the lock (it writes its pid into the lock file).
+    let owner = format!("pid {}", first.id());
+    while !std::fs::read_to_string(run_dir.join(".lock")).is_ok_and(|s| s.contains(&owner)) {
+        if let Some(status) = first.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("the first training process ended early ({status}): {err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, stderr) = run_code(&mut train_micro(&run_dir, 2, &[]));
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another mpf-train process") && stderr.contains(&owner), "{stderr}");
+    // The lock of a killed process is released by the OS: the folder can be used again (here,
+    // resumed or restarted; it holds no checkpoint yet, so a fresh start is accepted).
+    let (code, stderr) = run_code(&mut train_micro(&run_dir, 2, &[]));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn checkpoints_verify_themselves_on_every_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for (run_dir, seed) in [(&a, "seed=0"), (&b, "seed=1")] {
+        let (code, stderr) = run_code(&mut train_micro(run_dir, 2, &[seed]));
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+    let ck = a.join("checkpoints/step_00000002");
+    let config_before = std::fs::read(a.join("config.toml")).unwrap();
+    let resume = |sets: &[&str]| {
+        let mut cmd = bin();
+        cmd.arg("train").arg("--resume").arg(&a);
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        run_code(&mut cmd)
+    };
+    // Another architecture: named, with both values, never a panic; the run's config is kept.
+    let (code, e) = resume(&["model.decoder.num_queries=20", "solver.max_iter=4"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("has model.decoder.num_queries = 10, the config says 20"), "{e}");
+    let (code, e) = resume(&["model.decoder.num_layers=3", "solver.max_iter=4"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("model.decoder.num_layers = 2, the config says 3"), "{e}");
+    assert_eq!(std::fs::read(a.join("config.toml")).unwrap(), config_before, "a failed resume keeps config.toml");
+    let (code, e) =
+        run_code(bin().arg("eval").arg("--checkpoint").arg(&ck).args(["--set", "model.decoder.hidden_dim=64"]));
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("model.decoder.hidden_dim = 32, the config says 64"), "{e}");
+    // An optimiser file from another run.
+    let optim = std::fs::read(ck.join("optim-0.mpk")).unwrap();
+    std::fs::copy(b.join("checkpoints/step_00000002/optim-0.mpk"), ck.join("optim-0.mpk")).unwrap();
+    let (code, e) = resume(&["solver.max_iter=4"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("optim-0.mpk") && e.contains("does not belong to this checkpoint"), "{e}");
+    std::fs::write(ck.join("optim-0.mpk"), optim).unwrap();
+    // A hand-edited step.
+    let header = std::fs::read_to_string(ck.join("checkpoint.json")).unwrap();
+    std::fs::write(ck.join("checkpoint.json"), header.replacen("\"step\": 2", "\"step\": 1", 1)).unwrap();
+    let (code, e) = resume(&["solver.max_iter=4"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("checkpoint.json was changed after it was written"), "{e}");
+    std::fs::write(ck.join("checkpoint.json"), &header).unwrap();
+    // A truncated model record.
+    let model = std::fs::read(ck.join("model.mpk")).unwrap();
+    std::fs::write(ck.join("model.mpk"), &model[..model.len() - 100]).unwrap();
+    let (code, e) = run_code(bin().arg("eval").arg("--checkpoint").arg(&ck));
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("model.mpk is truncated or corrupt"), "{e}");
+    std::fs::write(ck.join("model.mpk"), &model).unwrap();
+
+    // A finished run resumed at its end (as after a kill following the last checkpoint) does not
+    // log its final evaluation twice.
+    let (code, e) = resume(&[]);
+    assert_eq!(code, Some(0), "{e}");
+    let log = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\"type\":\"eval\"") && l.contains("\"step\":2,")).count(),
+        1,
+        "{log}"
+    );
+    // A log that cannot be read stops the resume and is left as it was.
+    let mut bytes = log.into_bytes();
+    bytes[3] = 0xff;
+    std::fs::write(a.join("metrics.jsonl"), &bytes).unwrap();
+    let (code, e) = resume(&["solver.max_iter=4"]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("metrics.jsonl line 1") && e.contains("invalid UTF-8"), "{e}");
+    assert_eq!(std::fs::read(a.join("metrics.jsonl")).unwrap(), bytes);
+}
+
+#[test]
+fn bad_sizes_and_arguments_are_errors_not_panics() {
+    for set in [
+        "model.decoder.hidden_dim=0",
+        "model.decoder.ffn_dim=0",
+        "model.pixel_decoder.ffn_dim=0",
+        "model.pixel_decoder.num_points=0",
+        "model.decoder.num_queries=4000000000",
+    ] {
+        let (code, e) = run_code(bin().args(["info", "--set", set]));
+        let key = set.split('=').next().unwrap();
+        assert_eq!(code, Some(1), "{set}: {e}");
+        assert!(e.contains(key), "{set}: {e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (code, e) = run_code(bin().args(["synth", "--size", "100000", "--images", "1", "--out"]).arg(dir.path()));
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("100000×100000") && e.contains("limit"), "{e}");
+    let (code, e) =
+        run_code(bin().args(["predict", "--checkpoint", "x", "--input", "y", "--output", "z", "--min-score", "-5"]));
+    assert_eq!(code, Some(2), "{e}");
+    assert!(e.contains("-5 is outside 0..=1"), "{e}");
+    // A data path with a quote and a backslash in it reaches the reader unchanged.
+    let odd = dir.path().join("a\"b\\c");
+    let (code, e) = run_code(bin().args(["synth", "--images", "2", "--size", "32", "--out"]).arg(&odd));
+    assert_eq!(code, Some(0), "{e}");
+    let out = bin()
+        .args(["data-info", "--data"])
+        .arg(odd.join("instances.json"))
+        .arg("--images")
+        .arg(odd.join("images"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("images: 2"));
+}
+
+#[test]
+fn import_refuses_to_overwrite_a_checkpoint_without_force() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/hf_tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    let import = |force: bool| {
+        let mut cmd = bin();
+        cmd.args(["import", "--from", "hf"])
+            .arg(fixtures.join("model.safetensors"))
+            .arg("--config")
+            .arg(fixtures.join("mpf.toml"))
+            .arg("--output")
+            .arg(&ck);
+        if force {
+            cmd.arg("--force");
+        }
+        run_code(&mut cmd)
+    };
+    assert_eq!(import(false).0, Some(0));
+    let (code, e) = import(false);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(e.contains("already holds a checkpoint") && e.contains("--force"), "{e}");
+    assert_eq!(import(true).0, Some(0));
+}
+
+#[test]
+fn output_into_a_closed_pipe_is_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args(["synth", "--images", "2", "--size", "32", "--out"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the program prints (as `mpf-train synth … | head -0` would).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_ne!(out.status.code(), Some(101), "panicked: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
