@@ -237,6 +237,23 @@ fn train_resume_eval_and_predict_from_the_command_line() {
     for f in ["000000.png", "000000.json", "000000_layers.png", "000001.png", "predictions.json"] {
         assert!(dir.path().join("p").join(f).exists(), "{f}");
     }
+    // One unreadable image among them: named, the others predicted, exit status 1 at the end.
+    std::fs::write(dir.path().join("s/images/000000_bad.png"), b"not an image").unwrap();
+    let (code, stderr) = run_code(
+        bin()
+            .arg("predict")
+            .arg("--checkpoint")
+            .arg(&ck)
+            .arg("--input")
+            .arg(dir.path().join("s/images"))
+            .arg("--output")
+            .arg(dir.path().join("p2")),
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("000000_bad.png") && stderr.contains("1 of 3 images failed"), "{stderr}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("p2/predictions.json")).unwrap()).unwrap();
+    assert_eq!(written.as_array().unwrap().len(), 2);
     // Errors name what is wrong.
     let (ok, _, stderr) = run(bin().arg("eval").arg("--checkpoint").arg(dir.path()));
     assert!(!ok && stderr.contains("not an mpf checkpoint"), "{stderr}");
