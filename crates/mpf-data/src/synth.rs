@@ -41,7 +41,7 @@ pub fn generate(style: SynthStyle, seed: u64, index: u64, size: usize) -> Sample
     let simple = style == SynthStyle::Simple;
     let mut pixels = background(size, if simple { 4.0 } else { 18.0 }, &mut rng);
     let n_target = if simple { rng.random_range(1..=3) } else { rng.random_range(2..=6) };
-    let (radius, centre) = if simple { (0.12..0.28, 0.15 * s..0.85 * s) } else { (0.06..0.24, -0.1 * s..1.1 * s) };
+    let (radius, centre) = if simple { (0.16..0.3, 0.2 * s..0.8 * s) } else { (0.06..0.24, -0.1 * s..1.1 * s) };
     let mut objects: Vec<Object> = Vec::new();
     let mut attempts = 0;
     while objects.len() < n_target && attempts < 40 {
