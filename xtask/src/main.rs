@@ -304,14 +304,21 @@ impl Report<'_> {
     }
 
     fn markdown(&self) -> String {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown CPU".into());
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let field = |name: &str| {
+            info.lines().find(|l| l.starts_with(name)).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        };
+        // The widest vector extension matters: gemm picks AVX-512 kernels at run time where present.
+        let flags = field("flags").unwrap_or_default();
+        let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+        let vector = if has("avx512f") {
+            "AVX-512"
+        } else if has("avx2") {
+            "AVX2, no AVX-512"
+        } else {
+            "no AVX2"
+        };
+        let cpu = format!("{} ({vector})", field("model name").unwrap_or_else(|| "unknown CPU".into()));
         let mut s = String::new();
         s += "# mpf against PyTorch on the same CPU\n\n";
         s += "Written by `cargo xtask bench --peer` (do not edit by hand). The same network on both sides — \
