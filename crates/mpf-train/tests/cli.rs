@@ -223,15 +223,18 @@ fn train_resume_eval_and_predict_from_the_command_line() {
     let (ok, _, stderr) =
         run(bin().args(["synth", "--images", "2", "--size", "40", "--out"]).arg(dir.path().join("s")));
     assert!(ok, "{stderr}");
-    let (ok, stdout, stderr) = run(bin()
-        .arg("predict")
-        .arg("--checkpoint")
-        .arg(&ck)
-        .arg("--input")
-        .arg(dir.path().join("s/images"))
-        .arg("--output")
-        .arg(dir.path().join("p"))
-        .args(["--layers", "--min-score", "0"]));
+    let predict = |out: &str| {
+        let mut cmd = bin();
+        cmd.arg("predict")
+            .arg("--checkpoint")
+            .arg(&ck)
+            .arg("--input")
+            .arg(dir.path().join("s/images"))
+            .arg("--output")
+            .arg(dir.path().join(out));
+        cmd
+    };
+    let (ok, stdout, stderr) = run(predict("p").args(["--layers", "--min-score", "0"]));
     assert!(ok, "{stderr}");
     assert!(stdout.contains("layers:"), "{stdout}");
     for f in ["000000.png", "000000.json", "000000_layers.png", "000001.png", "predictions.json"] {
@@ -239,16 +242,7 @@ fn train_resume_eval_and_predict_from_the_command_line() {
     }
     // One unreadable image among them: named, the others predicted, exit status 1 at the end.
     std::fs::write(dir.path().join("s/images/000000_bad.png"), b"not an image").unwrap();
-    let (code, stderr) = run_code(
-        bin()
-            .arg("predict")
-            .arg("--checkpoint")
-            .arg(&ck)
-            .arg("--input")
-            .arg(dir.path().join("s/images"))
-            .arg("--output")
-            .arg(dir.path().join("p2")),
-    );
+    let (code, stderr) = run_code(&mut predict("p2"));
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("000000_bad.png") && stderr.contains("1 of 3 images failed"), "{stderr}");
     let written: serde_json::Value =
