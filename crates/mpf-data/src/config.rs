@@ -201,13 +201,10 @@ impl DataConfig {
         if !(self.cat_max_ratio > 0.0 && self.cat_max_ratio <= 1.0) {
             return bad("cat_max_ratio", format!("must lie in (0, 1], got {}", self.cat_max_ratio));
         }
-        if self.format == Format::Synthetic {
-            if self.synthetic_size < 16 {
-                return bad("synthetic_size", format!("must be at least 16 pixels, got {}", self.synthetic_size));
-            }
-            if let Err(m) = crate::check_image_size(self.synthetic_size, self.synthetic_size) {
-                return bad("synthetic_size", m);
-            }
+        if self.format == Format::Synthetic
+            && let Err(m) = crate::synth::check_size(self.synthetic_size)
+        {
+            return bad("synthetic_size", m);
         }
         Ok(())
     }

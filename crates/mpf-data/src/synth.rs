@@ -255,15 +255,20 @@ struct SegmentOut {
     area: usize,
 }
 
+/// Checks a synthetic image side: at least 16 pixels, and within [`crate::MAX_IMAGE_PIXELS`].
+pub fn check_size(size: usize) -> Result<(), String> {
+    if size < 16 {
+        return Err(format!("must be at least 16 pixels, got {size}"));
+    }
+    crate::check_image_size(size, size)
+}
+
 /// Writes `images` synthetic images of seed `seed` to `dir`: `images/*.png`, COCO instance
 /// `instances.json` (compressed RLE), panoptic `panoptic.json` + `panoptic/*.png`, and semantic
 /// label PNGs `semantic/*.png` (0 = background, `k + 1` = class `k`: read them with
 /// `reduce_zero_label = true`). Returns the number of objects written.
 pub fn write(dir: &Path, style: SynthStyle, images: usize, seed: u64, size: usize) -> Result<usize, DataError> {
-    if size < 16 {
-        return Err(DataError::invalid(dir, "image size", format!("must be at least 16 pixels, got {size}")));
-    }
-    crate::check_image_size(size, size).map_err(|m| DataError::invalid(dir, "image size", m))?;
+    check_size(size).map_err(|m| DataError::invalid(dir, "image size", m))?;
     let mk = |d: &Path| {
         std::fs::create_dir_all(d).map_err(|e| DataError::Write { path: d.to_path_buf(), message: e.to_string() })
     };

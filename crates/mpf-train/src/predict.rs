@@ -308,10 +308,7 @@ impl BackendTask for PredictTask {
             });
             match one {
                 Ok(p) => report.predictions.push(p),
-                Err(e) => {
-                    pb.suspend(|| tracing::error!("{file}: {e:#}"));
-                    report.failures.push((file, format!("{e:#}")));
-                }
+                Err(e) => report.failures.push((file, format!("{e:#}"))),
             }
             pb.inc(1);
         }
