@@ -1,4 +1,4 @@
-//! The set criterion (spec §2.6, §3.8, appendix C): Hungarian-matched class / BCE / dice losses on
+//! The set criterion: Hungarian-matched class / BCE / dice losses on
 //! the matching part of every prediction, direct-assignment losses on the MP part, and the
 //! appendix's two naive baselines as switches.
 //!
@@ -50,7 +50,7 @@ pub enum MatchingMode {
     FixedLast,
 }
 
-/// The `[loss]` config table; defaults are Mask2Former's (spec §2.6).
+/// The `[loss]` config table; defaults are Mask2Former's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LossConfig {
     /// Weight of the class loss and class cost (2.0).
@@ -139,7 +139,7 @@ impl LossConfig {
     }
 }
 
-/// The random streams of the criterion at one step (spec §9.8).
+/// The random streams of the criterion at one step.
 #[derive(Debug, Clone)]
 pub struct CriterionStreams {
     /// The matcher's shared points.
@@ -377,7 +377,7 @@ impl Criterion {
                     rows.push(MaskRow { pred: i, row, target, term: mterm, scale: (1.0 / num_masks) as f32 });
                 }
             }
-            // MP part: direct assignment (spec §3.8); zero terms when the part was skipped.
+            // MP part: direct assignment; zero terms when the part was skipped.
             if pilot.enabled {
                 if pilot.class_loss {
                     let term = ce_terms.len();

@@ -1,6 +1,6 @@
 //! # mpf-criterion
 //!
-//! The training criterion of Mask2Former and MP-Former (spec §2.5, §2.6, §3.8, appendix C):
+//! The training criterion of Mask2Former and MP-Former:
 //!
 //! - [`points`]: bilinear point sampling (host and device), uncertainty-based importance
 //!   sampling, and the differentiable corner gather the losses sample with;

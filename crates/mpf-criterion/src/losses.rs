@@ -1,4 +1,4 @@
-//! The three loss functions (spec §2.6): weighted cross-entropy over classes, and sigmoid BCE and
+//! The three loss functions: weighted cross-entropy over classes, and sigmoid BCE and
 //! dice on point-sampled masks, per row (what the criterion reduces per term) and reduced to an
 //! unweighted scalar `[1]` as the reference computes them.
 

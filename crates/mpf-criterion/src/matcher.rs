@@ -1,4 +1,4 @@
-//! The Hungarian matcher (spec §2.5): for one prediction of one image, the cost of pairing query
+//! The Hungarian matcher: for one prediction of one image, the cost of pairing query
 //! `q` with GT object `g` is `w_class · (−p_q(label_g)) + w_mask · BCE + w_dice · dice` on one set
 //! of random points shared by every query and object of the image; the assignment minimising the
 //! total cost is solved by `lsap` (a port of SciPy's `linear_sum_assignment`). Costs are computed
@@ -81,8 +81,8 @@ pub struct MatchTarget<'a> {
 /// chunks below it (the tiny model fits in one chunk; a COCO-sized batch takes a few).
 const COST_BUDGET: usize = 1 << 24;
 
-/// Cost matrices of several predictions of a batch, computed together without gradient (spec
-/// §2.5): `w_class · (−p_q(label_g)) + w_mask · BCE + w_dice · dice` on each image's points.
+/// Cost matrices of several predictions of a batch, computed together without gradient:
+/// `w_class · (−p_q(label_g)) + w_mask · BCE + w_dice · dice` on each image's points.
 /// The predicted masks are sampled on the device (`grid_sample`), the GT masks on the host, and
 /// the costs of all predictions and images come back in one read per chunk.
 ///

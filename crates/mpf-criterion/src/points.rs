@@ -1,4 +1,4 @@
-//! Point sampling (spec §2.5, §2.6): masks are compared at a few thousand points instead of every
+//! Point sampling: masks are compared at a few thousand points instead of every
 //! pixel. A point is a normalised `(x, y)` in `[0, 1]²` (`x` along the width); sampling is
 //! bilinear with half-pixel centres (`align_corners = false`) and zero padding outside the map,
 //! which is PyTorch's `grid_sample(input, 2·p − 1)` that Mask2Former's `point_sample` calls.

@@ -1,4 +1,4 @@
-//! Seeded augmentation (spec §2.8); masks are transformed with their image.
+//! Seeded augmentation; masks are transformed with their image.
 //!
 //! - [`Lsj`] (instance / panoptic, detectron2's `coco_*_lsj`): horizontal flip, resize by a
 //!   random scale of the output size (0.1–2.0), random crop to the output size. detectron2's

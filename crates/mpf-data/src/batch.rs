@@ -1,4 +1,4 @@
-//! Batching (spec §2.1): images normalised and zero-padded (after normalisation) to the batch's
+//! Batching: images normalised and zero-padded (after normalisation) to the batch's
 //! largest size rounded up to a multiple of `size_divisibility`, masks padded alike with
 //! background.
 

@@ -1,4 +1,4 @@
-//! COCO instance segmentation JSON (spec §2.1): polygons and RLE decoded by hotcoco, crowd
+//! COCO instance segmentation JSON: polygons and RLE decoded by hotcoco, crowd
 //! regions excluded from targets (as detectron2 does), categories mapped to contiguous ids in
 //! ascending source-id order, names kept. All annotations are checked when the file is opened,
 //! so a bad annotation is reported before training starts.

@@ -1,6 +1,6 @@
 //! # mpf-data
 //!
-//! Data sets as plain files, never a registration step (spec §2.1, §2.8):
+//! Data sets as plain files, never a registration step:
 //!
 //! - [`coco`]: COCO instance JSON (polygons, compressed and uncompressed RLE decoded by hotcoco);
 //!   crowd regions are excluded from training targets, categories mapped to contiguous ids;
@@ -12,8 +12,7 @@
 //! - [`batch`]: normalisation, padding to a multiple of 32, tensors; [`loader`]: worker threads
 //!   with prefetch, deterministic whatever the worker count.
 //!
-//! Every data set yields [`Sample`]s: an RGB image and per-object `(class, mask)` targets (spec
-//! §2.1). Bad input is an error naming the file and the item, or a documented skip counted in the
+//! Every data set yields [`Sample`]s: an RGB image and per-object `(class, mask)` targets. Bad input is an error naming the file and the item, or a documented skip counted in the
 //! [`Summary`].
 
 pub mod augment;

@@ -1,4 +1,4 @@
-//! COCO panoptic (spec §2.1): a segments JSON and one PNG per image whose pixel ids are
+//! COCO panoptic: a segments JSON and one PNG per image whose pixel ids are
 //! `R + 256·G + 256²·B`. Every non-crowd segment becomes one object (things and stuff alike);
 //! crowd segments are excluded, as detectron2's panoptic mapper does.
 

@@ -1,4 +1,4 @@
-//! Semantic segmentation from label PNGs (ADE20K style, spec §2.1): each class present in an
+//! Semantic segmentation from label PNGs (ADE20K style): each class present in an
 //! image becomes one object whose mask is all its pixels; `ignore` pixels belong to no object.
 //! With `reduce_zero_label` (ADE20K), value 0 becomes `ignore` and every other value `v` is class
 //! `v − 1`. Images and labels are paired by file stem.

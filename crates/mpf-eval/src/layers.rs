@@ -1,4 +1,4 @@
-//! MP-Former's layer-consistency metrics (spec §6, decisions §9.6), pooled over a data set.
+//! MP-Former's layer-consistency metrics (MP-Former paper, Section 3), pooled over a data set.
 //!
 //! The decoder makes `L + 1` predictions (0 = before the first layer, `L` = the output). Each is
 //! matched to the ground truth with the training matcher; `σ_i(g)` is the query prediction `i`

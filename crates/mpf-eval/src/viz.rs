@@ -141,10 +141,33 @@ pub struct Series {
 
 /// Draws `series` as lines (with markers when short) into a PNG of 800×500 pixels.
 pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series]) -> Result<(), EvalError> {
+    let bands: Vec<Band> = series.iter().map(|s| Band { line: s.clone(), range: Vec::new() }).collect();
+    band_plot(path, title, x_label, y_label, &bands)
+}
+
+/// A line with a shaded range around it: `range` holds `(x, low, high)` in x order (empty: no
+/// shading), e.g. the median of several seeds with their minimum and maximum.
+#[derive(Debug, Clone)]
+pub struct Band {
+    /// The line.
+    pub line: Series,
+    /// The shaded range.
+    pub range: Vec<(f64, f64, f64)>,
+}
+
+/// Draws each band's range as a translucent area in the line's colour, then the lines (with
+/// markers when short), into a PNG of 800×500 pixels. Non-finite values are left out.
+pub fn band_plot(path: &Path, title: &str, x_label: &str, y_label: &str, bands: &[Band]) -> Result<(), EvalError> {
     register_font();
-    let pts = series.iter().flat_map(|s| s.points.iter()).filter(|p| p.0.is_finite() && p.1.is_finite());
+    let finite = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let pts = bands
+        .iter()
+        .flat_map(|b| {
+            b.line.points.iter().copied().chain(b.range.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]))
+        })
+        .filter(finite);
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
+    for (x, y) in pts {
         x0 = x0.min(x);
         x1 = x1.max(x);
         y0 = y0.min(y);
@@ -172,15 +195,28 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, y_label: &str, series:
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| err(&e))?;
         chart.configure_mesh().x_desc(x_label).y_desc(y_label).label_style((FONT, 14)).draw().map_err(|e| err(&e))?;
-        for (i, s) in series.iter().enumerate() {
+        let color_of = |i: usize| {
             let c = class_color(i);
-            let color = RGBColor(c[0], c[1], c[2]);
-            let points: Vec<(f64, f64)> =
-                s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
+            RGBColor(c[0], c[1], c[2])
+        };
+        for (i, b) in bands.iter().enumerate() {
+            let range: Vec<(f64, f64, f64)> =
+                b.range.iter().copied().filter(|r| r.0.is_finite() && r.1.is_finite() && r.2.is_finite()).collect();
+            if range.len() >= 2 {
+                let outline: Vec<(f64, f64)> =
+                    range.iter().map(|r| (r.0, r.2)).chain(range.iter().rev().map(|r| (r.0, r.1))).collect();
+                chart
+                    .draw_series(std::iter::once(Polygon::new(outline, color_of(i).mix(0.2).filled())))
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        for (i, b) in bands.iter().enumerate() {
+            let color = color_of(i);
+            let points: Vec<(f64, f64)> = b.line.points.iter().copied().filter(finite).collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
                 .map_err(|e| err(&e))?
-                .label(s.name.clone())
+                .label(b.line.name.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
             if points.len() <= 30 {
                 chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(|e| err(&e))?;
@@ -226,6 +262,23 @@ mod tests {
         assert!(label.iter().any(|p| *p == &c[..]) && label.iter().any(|p| p.iter().all(|&v| v > 200)));
         let wrong = BinaryMask { height: 4, width: 4, data: vec![false; 16] };
         assert!(overlay(&img, &[Labelled { class: 0, text: String::new(), mask: &wrong }]).is_err());
+    }
+
+    #[test]
+    fn band_plot_shades_the_range_in_the_line_colour() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("band.png");
+        let line = Series { name: "AP".into(), points: vec![(0.0, 1.0), (10.0, 1.0)] };
+        let band = Band { line, range: vec![(0.0, 0.0, 2.0), (10.0, 0.0, 2.0)] };
+        band_plot(&path, "ap", "step", "AP", &[band]).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let c = class_color(0);
+        // Tinted (not white, not the full line colour) pixels exist: the 20 % band.
+        let tinted = img.pixels().filter(|p| {
+            let expect = |k: usize| (0.2 * c[k] as f64 + 0.8 * 255.0).round() as i32;
+            (0..3).all(|k| (p[k] as i32 - expect(k)).abs() <= 2)
+        });
+        assert!(tinted.count() > 10_000, "the band covers a large area of the plot");
     }
 
     #[test]

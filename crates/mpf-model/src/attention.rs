@@ -1,4 +1,4 @@
-//! Multi-head attention as PyTorch's `nn.MultiheadAttention` computes it (spec §2.4, §4), with
+//! Multi-head attention as PyTorch's `nn.MultiheadAttention` computes it, with
 //! boolean masks where `true` = blocked.
 
 use burn::nn::Linear;

@@ -1,4 +1,4 @@
-//! torchvision-style ResNet backbone (spec §2.2): stride in the 3×3 conv, outputs `res2..res5` at
+//! torchvision-style ResNet backbone: stride in the 3×3 conv, outputs `res2..res5` at
 //! strides 4/8/16/32, frozen batch norm by default.
 
 use burn::module::{Initializer, Param};

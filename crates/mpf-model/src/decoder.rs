@@ -1,4 +1,4 @@
-//! `MultiScaleMaskedTransformerDecoder` (spec §2.4): masked cross-attention → self-attention → FFN,
+//! `MultiScaleMaskedTransformerDecoder`: masked cross-attention → self-attention → FFN,
 //! post-norm, levels visited round-robin (1/32, 1/16, 1/8, …), and a prediction before the first
 //! layer and after each layer (10 for 9 layers).
 //!
@@ -43,7 +43,7 @@ pub struct TransformerDecoderConfig {
     #[config(default = 9)]
     pub num_layers: usize,
     /// Learnable query positional embedding (`query_embed`) added in cross- and self-attention.
-    /// Mask2Former has it; MP-Former's released code removes it (spec §2.4.1).
+    /// Mask2Former has it; MP-Former's released code removes it.
     #[config(default = true)]
     pub use_query_pos_embed: bool,
 }
@@ -235,7 +235,7 @@ impl TransformerDecoderConfig {
 }
 
 /// The fully-masked-row fix: a row of the mask that blocks every key is cleared so that query
-/// attends everywhere (spec §2.4).
+/// attends everywhere.
 ///
 /// # Shapes
 /// - `mask`: `[B, H, T, S]` → same

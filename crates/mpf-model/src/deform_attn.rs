@@ -1,4 +1,4 @@
-//! Multi-scale deformable attention (Deformable DETR's `MSDeformAttn`, spec §2.3): bilinear
+//! Multi-scale deformable attention (Deformable DETR's `MSDeformAttn`): bilinear
 //! sampling with zero padding and `align_corners = false`. Two equivalent forms of the sampling
 //! core: [`ms_deform_attn_core`] (one `grid_sample_2d` per level, the backend's kernel; the
 //! reference) and a row gather with bilinear weights (the default: faster, and under autodiff far
@@ -32,7 +32,7 @@ pub struct MSDeformAttnConfig {
 
 /// Multi-scale deformable attention.
 ///
-/// Initialisation (spec §2.3): sampling-offset weights 0 with a "ring" bias (head `h` points along
+/// Initialisation: sampling-offset weights 0 with a "ring" bias (head `h` points along
 /// `θ_h = 2πh/M`, normalised by its largest component, scaled by point index + 1); attention-weight
 /// projection all zeros (uniform attention); value and output projections xavier with bias 0.
 #[derive(Module, Debug)]

@@ -1,4 +1,4 @@
-//! Prediction heads shared by every decoder layer (spec §2.4): `decoder_norm`, the class head
+//! Prediction heads shared by every decoder layer: `decoder_norm`, the class head
 //! (K + 1 logits, the last being "no object") and the 3-layer mask-embedding MLP whose output is
 //! dotted with the per-pixel `mask_features`.
 

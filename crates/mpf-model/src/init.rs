@@ -1,5 +1,5 @@
 //! Parameter initialisation helpers that reproduce the PyTorch / detectron2 conventions the
-//! reference uses (spec §2.3, §2.4), on top of Burn's [`Initializer`].
+//! reference uses, on top of Burn's [`Initializer`].
 
 use burn::module::{Initializer, Param};
 use burn::nn::{Linear, LinearConfig};

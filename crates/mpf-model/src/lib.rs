@@ -1,21 +1,22 @@
 //! # mpf-model
 //!
-//! The Mask2Former architecture on Burn, the reference network that MP-Former trains
-//! (spec `shared/spec/mpformer.md` §2). Every part follows Burn's `Config → init(&device) → Module`
-//! pattern and is generic over the backend `B`:
+//! The Mask2Former architecture on Burn, the reference network that MP-Former trains (Cheng et
+//! al., "Masked-attention Mask Transformer for Universal Image Segmentation", CVPR 2022). Every
+//! part follows Burn's `Config → init(&device) → Module` pattern and is generic over the backend
+//! `B`:
 //!
-//! | module | part | spec |
+//! | module | part | source |
 //! |---|---|---|
-//! | [`backbone`] | torchvision-style ResNet 18/34/50/101, frozen or trainable batch norm | §2.2 |
-//! | [`position`] | normalised sine position encoding | §2.3 |
-//! | [`deform_attn`] | multi-scale deformable attention (row-gather form; `grid_sample_2d` as reference) | §2.3 |
+//! | [`backbone`] | torchvision-style ResNet 18/34/50/101, frozen or trainable batch norm | He et al. 2016; torchvision |
+//! | [`position`] | normalised sine position encoding | DETR (Carion et al. 2020) |
+//! | [`deform_attn`] | multi-scale deformable attention (row-gather form; `grid_sample_2d` as reference) | Deformable DETR (Zhu et al. 2021) |
 //! | [`conv`] | convolutions (1×1 as products, im2col on the CPU under autodiff) and group norm | — |
-//! | [`pixel_decoder`] | MSDeformAttn pixel decoder (6 encoder layers + 1/4 FPN level) | §2.3 |
-//! | [`attention`] | multi-head attention with boolean masks (`true` = blocked) | §2.4, §4 |
-//! | [`decoder`] | 9-layer masked-attention transformer decoder, 10 predictions, extra-query interface | §2.4 |
-//! | [`heads`] | class head (K+1) and 3-layer mask-embedding MLP | §2.4 |
-//! | [`postprocess`] | semantic, instance and panoptic inference | §2.7 |
-//! | [`model`] | the assembled [`model::Mask2Former`] and its config | §2 |
+//! | [`pixel_decoder`] | MSDeformAttn pixel decoder (6 encoder layers + 1/4 FPN level) | Mask2Former |
+//! | [`attention`] | multi-head attention with boolean masks (`true` = blocked) | PyTorch `nn.MultiheadAttention` |
+//! | [`decoder`] | 9-layer masked-attention transformer decoder, 10 predictions, extra-query interface | Mask2Former (masked attention) |
+//! | [`heads`] | class head (K+1) and 3-layer mask-embedding MLP | Mask2Former |
+//! | [`postprocess`] | semantic, instance and panoptic inference | Mask2Former's inference |
+//! | [`model`] | the assembled [`model::Mask2Former`] and its config | Mask2Former |
 //! | [`flops`] | analytical parameter-free FLOPs estimate | App. Table 10 |
 //! | [`testing`] | the comparison helper every numerical test uses (fails on non-finite values) | — |
 //!

@@ -1,4 +1,4 @@
-//! The assembled Mask2Former: backbone → pixel decoder → transformer decoder (spec §2).
+//! The assembled Mask2Former: backbone → pixel decoder → transformer decoder.
 
 use burn::module::{ModuleVisitor, Param};
 use burn::prelude::*;
@@ -9,7 +9,7 @@ use crate::backbone::{ResNet, ResNetConfig};
 use crate::decoder::{DecoderOutput, ExtraQueries, TransformerDecoder, TransformerDecoderConfig};
 use crate::pixel_decoder::{PixelDecoder, PixelDecoderConfig, PixelDecoderOutput};
 
-/// Input normalisation and padding (spec §2.1).
+/// Input normalisation and padding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InputConfig {
     /// Per-channel RGB mean on the 0–255 scale.
@@ -290,7 +290,7 @@ pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> usize {
 }
 
 /// A batch of images ready for the model: normalised, zero-padded bottom/right to a multiple of
-/// `size_divisibility` (spec §2.1).
+/// `size_divisibility`.
 #[derive(Debug, Clone)]
 pub struct ImageBatch<B: Backend> {
     /// `[B, 3, H, W]`.

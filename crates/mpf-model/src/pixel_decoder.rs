@@ -1,4 +1,4 @@
-//! `MSDeformAttnPixelDecoder` (spec §2.3): input projections, a deformable-attention encoder over
+//! `MSDeformAttnPixelDecoder`: input projections, a deformable-attention encoder over
 //! the 1/32, 1/16 and 1/8 maps, one extra FPN level at 1/4, and the `mask_features` projection.
 
 use burn::module::{Initializer, Param};

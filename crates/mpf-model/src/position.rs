@@ -1,5 +1,4 @@
-//! Normalised sine position encoding (DETR's `PositionEmbeddingSine(normalize=True, scale=2π)`,
-//! spec §2.3), used by the pixel decoder's encoder and the transformer decoder's memory.
+//! Normalised sine position encoding (DETR's `PositionEmbeddingSine(normalize=True, scale=2π)`), used by the pixel decoder's encoder and the transformer decoder's memory.
 
 use burn::prelude::*;
 

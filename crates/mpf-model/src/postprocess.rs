@@ -1,4 +1,4 @@
-//! Inference post-processing for semantic, instance and panoptic segmentation (spec §2.7).
+//! Inference post-processing for semantic, instance and panoptic segmentation.
 //!
 //! Mask logits are first upsampled bilinearly to the padded input size, cropped to the image's
 //! unpadded size and resized to the requested output size (instance and panoptic resize before
@@ -187,7 +187,7 @@ impl PanopticResult {
     }
 }
 
-/// Panoptic merging on host data (spec §2.7).
+/// Panoptic merging on host data.
 ///
 /// - `probs`: `Q × (K+1)` softmax probabilities; `mask_probs`: `Q × N` sigmoid mask probabilities
 /// - `is_thing`: `K` flags

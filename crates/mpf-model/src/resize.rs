@@ -1,7 +1,7 @@
 //! Resizing conventions shared by the decoder, pixel decoder and post-processing.
 //!
 //! Everything here is PyTorch's `F.interpolate(mode="bilinear", align_corners=False)` without
-//! antialiasing (spec §4): output pixel `i` samples input coordinate `(i + 0.5)·in/out − 0.5`,
+//! antialiasing: output pixel `i` samples input coordinate `(i + 0.5)·in/out − 0.5`,
 //! clamped at the borders. Burn's `InterpolateOptions::new` defaults to `align_corners = true`, so
 //! all resizing in mpf goes through [`bilinear`] or [`bilinear_matmul`].
 //!

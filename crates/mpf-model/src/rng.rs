@@ -1,4 +1,4 @@
-//! Named random streams (spec §9.8): one generator per purpose, derived from the run seed and the
+//! Named random streams: one generator per purpose, derived from the run seed and the
 //! training step, so a run is reproducible from its config on any backend and a resumed run draws
 //! exactly what an uninterrupted one would, without saving generator state.
 

@@ -1,5 +1,5 @@
 //! The `[pilot]` table of an experiment config: every knob of the MP part, with the released
-//! recipe (spec §9.1) as default.
+//! recipe (MP-Former's released training script) as default.
 //!
 //! | key | default | meaning |
 //! |---|---|---|
@@ -84,7 +84,7 @@ pub struct PilotConfig {
 }
 
 impl Default for PilotConfig {
-    /// The released recipe (spec §9.1), enabled.
+    /// The released recipe (MP-Former's released training script), enabled.
     fn default() -> Self {
         Self {
             enabled: true,

@@ -1,4 +1,4 @@
-//! The MP-Former training forward (spec §3.7): MP queries prepended to the matching queries, their
+//! The MP-Former training forward: MP queries prepended to the matching queries, their
 //! cross-attention rows replaced by (noised) GT masks on the piloted layers, and the self-attention
 //! mask of [`crate::masks::self_attention_mask`]. Inference never builds any of this: it is
 //! `Mask2Former::forward`.
@@ -58,7 +58,7 @@ pub struct GtObjects {
     pub masks: Vec<BinaryMask>,
 }
 
-/// The random streams of the MP part (spec §9.8): [`mpf_model::rng::stream`] for label and
+/// The random streams of the MP part: [`mpf_model::rng::stream`] for label and
 /// mask noise at one training step.
 #[derive(Debug, Clone)]
 pub struct PilotStreams {
@@ -75,7 +75,7 @@ impl PilotStreams {
     }
 }
 
-/// Builds the MP cross-attention rows of one batch, level by level (spec §3.4, §3.11).
+/// Builds the MP cross-attention rows of one batch, level by level.
 ///
 /// The GT masks are max-pooled to each level's size once and cached; point noise is drawn fresh
 /// on every call (every layer), independently per slot (so per group) and per head when asked.
@@ -209,7 +209,7 @@ impl<B: Backend> MpFormer<B> {
         self.model.forward(images)
     }
 
-    /// The training forward (spec §3.7): lays out the MP slots for `gt` (label noise from
+    /// The training forward: lays out the MP slots for `gt` (label noise from
     /// `streams.label`), prepends their content, pilots their cross-attention on
     /// `pilot.piloted_layers` with GT rows (mask noise from `streams.mask`) and hides them from
     /// the matching queries. Falls back to the plain forward when the MP part is skipped.

@@ -1,4 +1,4 @@
-//! MP query layout (spec §3.2, §3.3, §5): how many groups, which slot holds which object, the
+//! MP query layout: how many groups, which slot holds which object, the
 //! (possibly label-noised) class each slot's content is taken from, and the targets the criterion
 //! assigns directly.
 
@@ -51,7 +51,7 @@ impl MpLayout {
 }
 
 /// Lays out the MP part for a batch whose images have the given GT class labels. Returns `None`
-/// when the MP part is skipped: no object in any image, or a group count of 0 (spec §3.13, §9.5).
+/// when the MP part is skipped: no object in any image, or a group count of 0.
 /// `label_noise_ratio` draws from `rng` (the `label_noise` stream) once per (group, object).
 pub fn build_layout(
     labels: &[Vec<usize>],

@@ -1,6 +1,6 @@
 //! # mpf-pilot
 //!
-//! Building blocks of MP-Former's mask-piloted (MP) part (spec §3, §5, §9), computed on the host
+//! Building blocks of MP-Former's mask-piloted (MP) part, computed on the host
 //! from ground-truth masks with named, seeded random streams so that a run is reproducible on any
 //! backend:
 //!

@@ -1,10 +1,10 @@
-//! GT masks at decoder-level resolution and the MP self-attention mask (spec §3.4, §3.6).
+//! GT masks at decoder-level resolution and the MP self-attention mask.
 //! [`BinaryMask`] itself lives in `mpf-model` (the data crate shares it).
 
 pub use mpf_model::mask::BinaryMask;
 
 /// The self-attention mask over `P + Q` queries, `P = num_groups · group_size` MP slots first,
-/// row-major `(P+Q) × (P+Q)`, `true` = blocked (spec §3.6):
+/// row-major `(P+Q) × (P+Q)`, `true` = blocked:
 /// matching queries cannot see any MP slot; an MP slot cannot see another group's slots; MP slots
 /// see their own group (padding included) and every matching query. No row is fully blocked.
 pub fn self_attention_mask(num_groups: usize, group_size: usize, num_queries: usize) -> Vec<bool> {

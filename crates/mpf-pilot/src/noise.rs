@@ -1,9 +1,9 @@
-//! Noise on the MP part's inputs (spec §3.2, §3.4, §3.11): point, shift and scale noise on GT
+//! Noise on the MP part's inputs: point, shift and scale noise on GT
 //! attention masks ([`MaskNoise`]) and label noise on MP query classes. Each takes the random
 //! generator of its own named stream.
 //!
 //! Shift and scale follow the official code's `shift`/`scale` modes with one deliberate
-//! difference (spec §9.4): the official shift scales both offsets by the map *width* and swaps the
+//! difference: the official shift scales both offsets by the map *width* and swaps the
 //! row/column axes; here x moves with the box width and y with the box height.
 
 use rand::Rng;
@@ -73,7 +73,7 @@ pub fn translate(mask: &BinaryMask, dy: i64, dx: i64) -> BinaryMask {
     BinaryMask { height: mask.height, width: mask.width, data }
 }
 
-/// Shift noise (spec §3.11, axes as §9.4 decides): the foreground moves by
+/// Shift noise: the foreground moves by
 /// `U(−1, 1) · λ · box_w / 2` columns and `U(−1, 1) · λ · box_h / 2` rows — x with the box width,
 /// y with the box height (the reference scales both by the map width and mixes the axes up).
 pub fn shift_noise(mask: &BinaryMask, lambda: f64, rng: &mut impl Rng) -> BinaryMask {
@@ -104,7 +104,7 @@ pub fn scale_about_box_centre(mask: &BinaryMask, factor: f64) -> BinaryMask {
     BinaryMask { height: h, width: w, data }
 }
 
-/// Scale noise (spec §3.11): with probability `keep_prob` (the reference's `DN_RATIO`, 0.5) the
+/// Scale noise: with probability `keep_prob` (the reference's `DN_RATIO`, 0.5) the
 /// mask is unchanged, otherwise enlarged by `1 + λ` about its box centre.
 pub fn scale_noise(mask: &BinaryMask, lambda: f64, keep_prob: f64, rng: &mut impl Rng) -> BinaryMask {
     if rng.random::<f64>() < keep_prob { mask.clone() } else { scale_about_box_centre(mask, 1.0 + lambda) }

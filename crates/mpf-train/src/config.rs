@@ -104,6 +104,27 @@ impl ExperimentConfig {
         self.class_names.get(i).cloned().unwrap_or_else(|| format!("class_{i}"))
     }
 
+    /// Checks every section's ranges and the cross-section rules (class lists against
+    /// `model.num_classes`, the MP part against the decoder), naming the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate().map_err(|e| e.to_string())?;
+        self.loss.validate().map_err(|e| e.to_string())?;
+        self.data.validate().map_err(|e| e.to_string())?;
+        self.solver.validate()?;
+        self.train.validate()?;
+        if self.pilot.enabled {
+            self.pilot.validate(self.model.decoder.num_layers).map_err(|e| e.to_string())?;
+        }
+        let k = self.model.num_classes;
+        if !self.thing_classes.is_empty() && self.thing_classes.len() != k {
+            return Err(format!("`thing_classes` has {} entries, model.num_classes is {k}", self.thing_classes.len()));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != k {
+            return Err(format!("`class_names` has {} entries, model.num_classes is {k}", self.class_names.len()));
+        }
+        Ok(())
+    }
+
     /// The resolved config as TOML text (every key, defaults included).
     pub fn to_toml(&self) -> Result<String, ConfigError> {
         toml::to_string_pretty(self).map_err(|e| ConfigError::Serialize(e.to_string()))
@@ -246,29 +267,7 @@ fn load_from(source: Option<Source>, overrides: &[String]) -> Result<ExperimentC
     let cfg: ExperimentConfig = merged
         .try_into()
         .map_err(|e: toml::de::Error| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
-    cfg.model.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
-    cfg.loss.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
-    cfg.data.validate().map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
-    cfg.solver.validate().map_err(|message| ConfigError::Invalid { origin: origin.clone(), message })?;
-    cfg.train.validate().map_err(|message| ConfigError::Invalid { origin: origin.clone(), message })?;
-    if cfg.pilot.enabled {
-        cfg.pilot
-            .validate(cfg.model.decoder.num_layers)
-            .map_err(|e| ConfigError::Invalid { origin: origin.clone(), message: e.to_string() })?;
-    }
-    let k = cfg.model.num_classes;
-    if !cfg.thing_classes.is_empty() && cfg.thing_classes.len() != k {
-        return Err(ConfigError::Invalid {
-            origin,
-            message: format!("`thing_classes` has {} entries, model.num_classes is {k}", cfg.thing_classes.len()),
-        });
-    }
-    if !cfg.class_names.is_empty() && cfg.class_names.len() != k {
-        return Err(ConfigError::Invalid {
-            origin,
-            message: format!("`class_names` has {} entries, model.num_classes is {k}", cfg.class_names.len()),
-        });
-    }
+    cfg.validate().map_err(|message| ConfigError::Invalid { origin, message })?;
     Ok(cfg)
 }
 

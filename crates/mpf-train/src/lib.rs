@@ -5,7 +5,9 @@
 //! ([`solver`]) and the commands ([`train`], [`evaluate`], [`predict`], [`info`], [`forward`],
 //! `import`). The binary is a thin clap front end over these, so tests drive the same code.
 
+pub mod ablation;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod data_info;
 pub mod device;

@@ -63,7 +63,7 @@ impl EvalData {
     fn overrides(&self) -> anyhow::Result<Vec<String>> {
         let mut sets = self.set.clone();
         if let Some(path) = &self.data {
-            sets.extend(coco_data_overrides(path, self.images.as_deref(), "val")?);
+            sets.extend(mpf_train::cli::coco_data_overrides(path, self.images.as_deref(), "val")?);
         }
         Ok(sets)
     }
@@ -212,6 +212,48 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The paper's ablations (appendix Tables 8 and 10): every variant of one or more grids
+    /// (`configs/ablation/*.toml`) trained over several seeds at a scale, then `results.md`,
+    /// `results.json` and plots per grid. Re-running skips finished runs and resumes interrupted
+    /// ones. `cargo xtask ablation` builds this program in release and calls this command.
+    Ablation {
+        /// A grid name (`configs/ablation/NAME.toml`) or a grid file (repeatable).
+        #[arg(long = "grid", default_value = "table10")]
+        grids: Vec<String>,
+        /// `smoke` (CI: minutes), `cpu` (variants separate on the built-in data) or `gpu` (COCO recipe).
+        #[arg(long, default_value = "cpu")]
+        scale: String,
+        /// Seeds per variant (default: the scale's).
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// Training steps per run; the schedule (drops, warmup, periods) is stretched to fit.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Runs at a time; the cores are shared evenly (at most one job per core).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// A COCO instance or panoptic JSON to train on instead of the config's data.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Image folder for --data (default: the JSON's folder).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// A COCO JSON to evaluate on (default: --data itself, which then measures fit, not generalisation).
+        #[arg(long, requires = "data")]
+        val_data: Option<PathBuf>,
+        /// Image folder for --val-data (default: the JSON's folder).
+        #[arg(long, requires = "val_data")]
+        val_images: Option<PathBuf>,
+        /// Override a config key of every run (repeatable), applied last.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Device of every run (default: the scale's, else flex).
+        #[arg(long)]
+        device: Option<String>,
+        /// Output folder; each grid writes into OUT/GRID (default: runs/ablation-SCALE).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Write the synthetic shapes data set as files: COCO instance JSON, COCO panoptic and
     /// semantic label PNGs.
     Synth {
@@ -326,32 +368,6 @@ impl BackendTask for ImportTask {
 fn score_in_unit_range(s: &str) -> Result<f32, String> {
     let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
     if (0.0..=1.0).contains(&v) { Ok(v) } else { Err(format!("{v} is outside 0..=1")) }
-}
-
-/// `--set` overrides that point a split of `[data]` at a COCO JSON (instance or panoptic,
-/// detected by `segments_info`) and its image folder.
-fn coco_data_overrides(
-    path: &std::path::Path,
-    images: Option<&std::path::Path>,
-    split: &str,
-) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let format = if text.contains("\"segments_info\"") { "coco_panoptic" } else { "coco" };
-    let folder = images.map(PathBuf::from).unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
-    // A TOML basic string with `"`, `\` and control characters escaped, so any UTF-8 path survives.
-    let q = |p: &std::path::Path| -> anyhow::Result<String> {
-        let s = p.to_str().with_context(|| format!("path {} is not valid UTF-8", p.display()))?;
-        Ok(toml::Value::String(s.to_string()).to_string())
-    };
-    let mut sets = vec![
-        format!("data.format=\"{format}\""),
-        format!("data.{split}_annotations={}", q(path)?),
-        format!("data.{split}_images={}", q(&folder)?),
-    ];
-    if format == "coco_panoptic" {
-        sets.push(format!("data.{split}_panoptic={}", q(&path.with_extension(""))?));
-    }
-    Ok(sets)
 }
 
 /// The first of `runs/NAME`, `runs/NAME-1`, … that holds no checkpoint yet.
@@ -619,6 +635,37 @@ fn main() -> anyhow::Result<()> {
             println!("  panoptic:  {} + {}", out.join("panoptic.json").display(), out.join("panoptic").display());
             println!("  semantic:  {} (0 = background, k + 1 = class k)", out.join("semantic").display());
         }
+        Command::Ablation {
+            grids,
+            scale,
+            seeds,
+            steps,
+            jobs,
+            data,
+            images,
+            val_data,
+            val_images,
+            set,
+            device,
+            out,
+        } => {
+            use mpf_train::ablation::{self, AblationOptions, UserData, grid};
+            let opts = AblationOptions {
+                grids: grids.iter().map(|g| grid::Grid::find(g)).collect::<Result<_, _>>()?,
+                scale: grid::scale(&scale)?,
+                out: out.unwrap_or_else(|| PathBuf::from("runs").join(format!("ablation-{scale}"))),
+                scale_name: scale,
+                seeds,
+                steps,
+                jobs,
+                data: data.map(|train| UserData { train, train_images: images, val: val_data, val_images }),
+                sets: set,
+                device,
+                exe: std::env::current_exe().context("cannot locate this program")?,
+                progress: true,
+            };
+            ablation::run(&opts)?;
+        }
         Command::DataInfo { config: c, split, data, images, json } => {
             let mut sets = c.set.clone();
             let split_name = match split {
@@ -626,7 +673,7 @@ fn main() -> anyhow::Result<()> {
                 SplitArg::Val => "val",
             };
             if let Some(path) = &data {
-                sets.extend(coco_data_overrides(path, images.as_deref(), split_name)?);
+                sets.extend(mpf_train::cli::coco_data_overrides(path, images.as_deref(), split_name)?);
             }
             let cfg = config::load(c.config.as_deref(), &sets)?;
             let split = match split {

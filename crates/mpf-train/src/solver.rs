@@ -1,4 +1,4 @@
-//! The optimiser recipe of spec §2.8 (`[solver]`): AdamW with parameter groups (backbone lr ×0.1;
+//! The optimiser recipe of Mask2Former's detectron2 configs (`[solver]`): AdamW with parameter groups (backbone lr ×0.1;
 //! no weight decay on normalisation layers and embeddings), **global** gradient-norm clipping over
 //! the whole model, and iteration-based learning-rate schedules (multi-step with warmup, poly).
 //!
