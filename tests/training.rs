@@ -15,11 +15,12 @@ use mpformer::train::checkpoint;
 use mpformer::train::config::{self, ExperimentConfig};
 use mpformer::train::device::BackendTask;
 use mpformer::train::evaluate::EvalTask;
+use mpformer::train::evaluate::Evaluation;
 use mpformer::train::layers::{LayerRun, LayersTask};
 use mpformer::train::predict::{PredictOptions, PredictTask};
 use mpformer::train::report::read_curves;
 use mpformer::train::solver::{clip_global, grad_norm, param_groups};
-use mpformer::train::train::{TrainTask, find_checkpoint};
+use mpformer::train::train::{StepReport, TrainHook, TrainTask, Trainer, find_checkpoint};
 
 /// The tiny MP-Former, smaller still: 64-px images, 2 decoder layers, batch 2 accumulated twice.
 fn micro(extra: &[&str]) -> ExperimentConfig {
@@ -214,6 +215,81 @@ fn ten_steps_then_resume_ten_equals_twenty_steps() {
     assert_eq!(strip.width(), 3 * 48);
     assert_eq!(strip.height() % 48, 0);
     assert!(Path::new(&p.overlay).exists());
+}
+
+/// Records what a [`Trainer::run`] shows its hooks, and stops it at `stop_at`.
+#[derive(Default)]
+struct Recorder {
+    steps: Vec<u64>,
+    losses: Vec<f64>,
+    evals: Vec<u64>,
+    stop_at: Option<u64>,
+}
+
+impl TrainHook<Flex> for Recorder {
+    fn after_step(&mut self, trainer: &Trainer<Flex>, r: &StepReport) -> anyhow::Result<()> {
+        assert_eq!(trainer.steps_done(), r.step);
+        self.steps.push(r.step);
+        self.losses.push(r.loss());
+        match self.stop_at {
+            Some(s) if s == r.step => anyhow::bail!("stopped by the hook at step {s}"),
+            _ => Ok(()),
+        }
+    }
+
+    fn after_eval(&mut self, _: &Trainer<Flex>, step: u64, ev: &Evaluation) -> anyhow::Result<()> {
+        assert!(ev.coco.is_some());
+        self.evals.push(step);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_trainer_driven_step_by_step_equals_run_and_hooks_see_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = micro(&["solver.max_iter=6", "train.eval_period=3", "train.checkpoint_period=3"]);
+    let task = |out: &Path| TrainTask { config: cfg.clone(), output: out.to_path_buf(), resume: None, progress: false };
+
+    // By hand: six steps, a checkpoint at the end.
+    let by_hand = dir.path().join("by_hand");
+    let mut t = Trainer::<Flex>::new(&task(&by_hand), FlexDevice, "flex").unwrap();
+    let mut losses = Vec::new();
+    for k in 1..=6 {
+        let r = t.step().unwrap();
+        assert_eq!((r.step, t.steps_done()), (k, k));
+        assert!(r.loss().is_finite() && r.grad_norm.is_finite() && r.lr > 0.0);
+        losses.push(r.loss());
+    }
+    assert!(t.step().unwrap_err().to_string().contains("solver.max_iter = 6"));
+    let ev = t.evaluate().unwrap();
+    assert!(ev.coco.is_some());
+    let ck = t.checkpoint().unwrap();
+    assert_eq!(ck, by_hand.join("checkpoints/step_00000006"));
+    drop(t);
+
+    // Through run(), with a hook.
+    let ran = dir.path().join("ran");
+    let mut rec = Recorder::default();
+    let report = Trainer::<Flex>::new(&task(&ran), FlexDevice, "flex").unwrap().run(false, &mut [&mut rec]).unwrap();
+    assert_eq!(report.final_step, 6);
+    assert_eq!(rec.steps, [1, 2, 3, 4, 5, 6]);
+    assert_eq!(rec.evals, [3, 6]);
+    assert_eq!(rec.losses, losses, "the same losses step by step");
+    assert_eq!(
+        weights(&ck, &cfg),
+        weights(&ran.join("checkpoints/step_00000006"), &cfg),
+        "the same weights after 6 steps"
+    );
+
+    // A hook error stops training at that step; the run folder is unlocked again afterwards.
+    let stopped = dir.path().join("stopped");
+    let mut rec = Recorder { stop_at: Some(4), ..Recorder::default() };
+    let err = Trainer::<Flex>::new(&task(&stopped), FlexDevice, "flex").unwrap().run(false, &mut [&mut rec]);
+    assert!(err.unwrap_err().to_string().contains("stopped by the hook at step 4"));
+    assert_eq!(rec.steps, [1, 2, 3, 4]);
+    let resume = TrainTask { resume: Some(stopped.clone()), ..task(&stopped) };
+    let t = Trainer::<Flex>::new(&resume, FlexDevice, "flex").unwrap();
+    assert_eq!(t.steps_done(), 3, "resumes from the checkpoint written at step 3");
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //!   on the same CPU, same threads, same batch, in alternating rounds: training step, inference
 //!   forward, peak memory, mpf's per-phase split and the cost of mask piloting. Writes
 //!   `benches/results.md` and `target/bench/peer.json`.
+//! - `cargo xtask ablation …`: builds `mpf-train` in release (with `--features` when given) and
+//!   runs `mpf-train ablation …` from the repository root: the paper's ablation grids
+//!   (`configs/ablation/`), results in `runs/ablation-SCALE/GRID/` (see the README).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -55,6 +58,20 @@ enum Cmd {
         #[arg(long)]
         python: Option<PathBuf>,
     },
+    /// The paper's ablations: `mpf-train ablation` built in release. Every argument after
+    /// `ablation` is passed on (`--grid`, `--scale`, `--seeds`, `--steps`, `--jobs`, `--data`, …;
+    /// `cargo xtask ablation --help-ablation` lists them).
+    Ablation {
+        /// Extra backend features to compile in, e.g. `cuda` for `--scale gpu`.
+        #[arg(long)]
+        features: Vec<String>,
+        /// Print `mpf-train ablation --help`.
+        #[arg(long)]
+        help_ablation: bool,
+        /// Arguments for `mpf-train ablation`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Pinned versions of the PyTorch side.
@@ -64,6 +81,18 @@ const PEER_PACKAGES: [&str; 5] =
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     match Cli::parse().command {
+        Cmd::Ablation { features, help_ablation, args } => {
+            let exe = build_release_bin(&root, &features)?;
+            let mut cmd = Command::new(&exe);
+            cmd.current_dir(&root).arg("ablation");
+            if help_ablation {
+                cmd.arg("--help");
+            }
+            let status = cmd.args(&args).status().with_context(|| format!("running {}", exe.display()))?;
+            if !status.success() {
+                bail!("mpf-train ablation failed ({status})");
+            }
+        }
         Cmd::Bench { peer: true, rounds, threads, cases, python, .. } => {
             peer_bench(&root, rounds.max(1), threads, &cases, python)?
         }
@@ -103,6 +132,21 @@ fn cargo() -> Command {
 
 fn target_dir(root: &Path) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
+/// Builds the `mpf-train` program in release (plus `features`) and returns its path.
+fn build_release_bin(root: &Path, features: &[String]) -> anyhow::Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.current_dir(root).args(["build", "--release", "-p", "mpf-train", "--bin", "mpf-train"]);
+    if !features.is_empty() {
+        cmd.args(["--features", &features.join(",")]);
+    }
+    if !cmd.status().context("running cargo build")?.success() {
+        bail!("building mpf-train failed");
+    }
+    let exe = target_dir(root).join("release").join(format!("mpf-train{}", std::env::consts::EXE_SUFFIX));
+    anyhow::ensure!(exe.exists(), "cargo build succeeded but {} is missing", exe.display());
+    Ok(exe)
 }
 
 /// Builds `benches/peer.rs` in release and returns its executable.

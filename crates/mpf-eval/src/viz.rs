@@ -162,9 +162,7 @@ pub fn band_plot(path: &Path, title: &str, x_label: &str, y_label: &str, bands: 
     let finite = |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite();
     let pts = bands
         .iter()
-        .flat_map(|b| {
-            b.line.points.iter().copied().chain(b.range.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)]))
-        })
+        .flat_map(|b| b.line.points.iter().copied().chain(b.range.iter().flat_map(|&(x, lo, hi)| [(x, lo), (x, hi)])))
         .filter(finite);
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for (x, y) in pts {

@@ -6,11 +6,7 @@ use anyhow::Context;
 
 /// `--set` overrides that point a split of `[data]` at a COCO JSON (instance or panoptic,
 /// detected by `segments_info`) and its image folder.
-pub fn coco_data_overrides(
-    path: &Path,
-    images: Option<&Path>,
-    split: &str,
-) -> anyhow::Result<Vec<String>> {
+pub fn coco_data_overrides(path: &Path, images: Option<&Path>, split: &str) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let format = if text.contains("\"segments_info\"") { "coco_panoptic" } else { "coco" };
     let folder = images.map(PathBuf::from).unwrap_or_else(|| path.parent().map(PathBuf::from).unwrap_or_default());
@@ -29,4 +25,3 @@ pub fn coco_data_overrides(
     }
     Ok(sets)
 }
-

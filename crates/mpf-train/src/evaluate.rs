@@ -12,9 +12,9 @@ use std::time::Instant;
 use anyhow::Context;
 use burn::prelude::*;
 use indicatif::{ProgressBar, ProgressStyle};
-use mpf_data::Dataset;
 use mpf_data::augment::resize_image;
 use mpf_data::config::Format;
+use mpf_data::{Dataset, Sample};
 use mpf_eval::coco::{self, CocoMetrics, InstancePrediction, ResultRow};
 use mpf_eval::panoptic::{self as pan, PanopticBuilder, PanopticMetrics};
 use mpf_eval::semantic::{ConfusionMatrix, SemanticMetrics};
@@ -183,7 +183,168 @@ pub fn progress(len: u64, show: bool, what: &str) -> ProgressBar {
     pb
 }
 
-/// Evaluates `model` on the first `max_images` images of `data` (all when 0).
+/// The scores an [`Evaluator`] produces.
+#[derive(Debug, Clone, Default)]
+pub struct Scores {
+    /// Mask AP (instance and panoptic tasks).
+    pub coco: Option<CocoMetrics>,
+    /// PQ (panoptic task).
+    pub panoptic: Option<PanopticMetrics>,
+    /// mIoU (semantic task).
+    pub semantic: Option<SemanticMetrics>,
+    /// COCO results rows (instance and panoptic tasks).
+    pub rows: Vec<ResultRow>,
+}
+
+/// Scores a model image by image (detectron2's `DatasetEvaluator`): [`add`](Evaluator::add) each
+/// image's ground truth and network output, then [`finish`](Evaluator::finish).
+pub trait Evaluator<B: Backend> {
+    /// Adds one image: its sample (ground truth at the original size) and the network's output.
+    fn add(&mut self, sample: &Sample, output: &ImageOutput<B>) -> anyhow::Result<()>;
+    /// The scores over every image added.
+    fn finish(self: Box<Self>) -> anyhow::Result<Scores>;
+}
+
+/// Mask AP through COCOeval: instance post-processing, COCO RLE rows, and the ground truth either
+/// from the data set's own COCO JSON (`data.format = "coco"`, crowd regions kept) or built from
+/// the samples. For a panoptic config only the thing classes are scored.
+pub struct InstanceEvaluator {
+    cfg: ExperimentConfig,
+    category_ids: Vec<u64>,
+    predictions: Vec<InstancePrediction>,
+    image_ids: Vec<u64>,
+    gt: coco::GroundTruthBuilder,
+}
+
+impl InstanceEvaluator {
+    /// An evaluator for `data` under `cfg`.
+    pub fn new(cfg: &ExperimentConfig, data: &dyn Dataset) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            category_ids: coco::category_ids(data),
+            predictions: Vec::new(),
+            image_ids: Vec::new(),
+            gt: coco::GroundTruthBuilder::new(data.classes()),
+        }
+    }
+}
+
+impl<B: Backend> Evaluator<B> for InstanceEvaluator {
+    fn add(&mut self, sample: &Sample, out: &ImageOutput<B>) -> anyhow::Result<()> {
+        self.image_ids.push(sample.id);
+        if self.cfg.data.format != Format::Coco {
+            self.gt.add(sample);
+        }
+        let size = [sample.image.height, sample.image.width];
+        for inst in instances(out, &self.cfg) {
+            self.predictions.push(InstancePrediction {
+                image_id: sample.id,
+                label: inst.label,
+                score: inst.score,
+                mask: BinaryMask { height: size[0], width: size[1], data: inst.mask },
+            });
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<Scores> {
+        let rows = coco::result_rows(&self.predictions, &self.category_ids)?;
+        let gt = if self.cfg.data.format == Format::Coco {
+            coco::load_ground_truth(Path::new(&self.cfg.data.val_annotations))?
+        } else {
+            self.gt.finish()
+        };
+        let metrics = coco::evaluate_segm(gt, &rows, &self.image_ids)?;
+        Ok(Scores { coco: Some(metrics), rows, ..Scores::default() })
+    }
+}
+
+/// PQ through hotcoco's panopticapi port, plus mask AP over the thing classes.
+pub struct PanopticEvaluator {
+    cfg: ExperimentConfig,
+    instances: InstanceEvaluator,
+    builder: PanopticBuilder,
+    image_ids: Vec<u64>,
+}
+
+impl PanopticEvaluator {
+    /// An evaluator for `data` under `cfg`.
+    pub fn new(cfg: &ExperimentConfig, data: &dyn Dataset) -> Self {
+        Self {
+            cfg: cfg.clone(),
+            instances: InstanceEvaluator::new(cfg, data),
+            builder: PanopticBuilder::new(data.classes()),
+            image_ids: Vec::new(),
+        }
+    }
+}
+
+impl<B: Backend> Evaluator<B> for PanopticEvaluator {
+    fn add(&mut self, sample: &Sample, out: &ImageOutput<B>) -> anyhow::Result<()> {
+        self.image_ids.push(sample.id);
+        self.builder.add_ground_truth(sample);
+        let (cls, masks) = out.last();
+        let r = panoptic_inference(cls, masks, out.geometry, &self.cfg.test, &self.cfg.is_thing());
+        self.builder.add_prediction(sample.id, &r.segment_masks([sample.image.height, sample.image.width]));
+        Evaluator::<B>::add(&mut self.instances, sample, out)
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<Scores> {
+        let (mut gt_pan, pred) = self.builder.finish();
+        if self.cfg.data.format == Format::CocoPanoptic {
+            // The original files keep crowd segments, which the reader drops from targets.
+            let d = &self.cfg.data;
+            gt_pan = pan::load(Path::new(&d.val_annotations), Some(Path::new(&d.val_panoptic)))?;
+            gt_pan.images.retain(|i| self.image_ids.contains(&i.id));
+            gt_pan.annotations.retain(|a| self.image_ids.contains(&a.image_id));
+        }
+        let panoptic = pan::evaluate(gt_pan, pred)?;
+        let mut scores = Evaluator::<B>::finish(Box::new(self.instances))?;
+        scores.panoptic = Some(panoptic);
+        Ok(scores)
+    }
+}
+
+/// mIoU and friends from a confusion matrix of per-pixel labels.
+pub struct SemanticEvaluator {
+    confusion: ConfusionMatrix,
+    ignore: u32,
+}
+
+impl SemanticEvaluator {
+    /// An evaluator for `cfg`'s classes.
+    pub fn new(cfg: &ExperimentConfig) -> Self {
+        let ignore = cfg.data.ignore_label as u32;
+        Self { confusion: ConfusionMatrix::new(cfg.model.num_classes, ignore), ignore }
+    }
+}
+
+impl<B: Backend> Evaluator<B> for SemanticEvaluator {
+    fn add(&mut self, sample: &Sample, out: &ImageOutput<B>) -> anyhow::Result<()> {
+        let (cls, masks) = out.last();
+        let sem = semantic_inference(cls, masks, out.geometry);
+        let size = [sample.image.height, sample.image.width];
+        let gt = label_map(&sample.objects, size, self.ignore);
+        self.confusion.add(&gt, &sem.labels, &sample.file)?;
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> anyhow::Result<Scores> {
+        Ok(Scores { semantic: Some(self.confusion.metrics()), ..Scores::default() })
+    }
+}
+
+/// The evaluator of `cfg.task`.
+pub fn evaluator_for<B: Backend>(cfg: &ExperimentConfig, data: &dyn Dataset) -> Box<dyn Evaluator<B>> {
+    match cfg.task {
+        Task::Instance => Box::new(InstanceEvaluator::new(cfg, data)),
+        Task::Panoptic => Box::new(PanopticEvaluator::new(cfg, data)),
+        Task::Semantic => Box::new(SemanticEvaluator::new(cfg)),
+    }
+}
+
+/// Evaluates `model` on the first `max_images` images of `data` (all when 0) with the task's
+/// [`Evaluator`], timing the model alone and with post-processing.
 pub fn evaluate<B: Backend>(
     model: &Mask2Former<B>,
     cfg: &ExperimentConfig,
@@ -195,78 +356,20 @@ pub fn evaluate<B: Backend>(
 ) -> anyhow::Result<Evaluation> {
     let n = if max_images == 0 { data.len() } else { max_images.min(data.len()) };
     let pb = progress(n as u64, show_progress, "eval");
-    let category_ids = coco::category_ids(data);
-    let mut predictions: Vec<InstancePrediction> = Vec::new();
-    let mut confusion = ConfusionMatrix::new(cfg.model.num_classes, cfg.data.ignore_label as u32);
-    let mut image_ids = Vec::with_capacity(n);
-    let mut gt = coco::GroundTruthBuilder::new(data.classes());
-    let mut panoptic = PanopticBuilder::new(data.classes());
+    let mut evaluator = evaluator_for::<B>(cfg, data);
     let (mut model_s, mut total_s) = (0.0, 0.0);
     for i in 0..n {
         let sample = data.get(i)?;
-        image_ids.push(sample.id);
-        if cfg.task != Task::Semantic && cfg.data.format != Format::Coco {
-            gt.add(&sample);
-        }
-        if cfg.task == Task::Panoptic {
-            panoptic.add_ground_truth(&sample);
-        }
         let t0 = Instant::now();
         let out = run_image(model, cfg, &sample.image, &sample.file, device)?;
         let _ = out.output.predictions.last().map(|p| p.class_logits.to_data());
         model_s += t0.elapsed().as_secs_f64();
-        let size = [sample.image.height, sample.image.width];
-        match cfg.task {
-            Task::Instance | Task::Panoptic => {
-                if cfg.task == Task::Panoptic {
-                    let (cls, masks) = out.last();
-                    let r = panoptic_inference(cls, masks, out.geometry, &cfg.test, &cfg.is_thing());
-                    panoptic.add_prediction(sample.id, &r.segment_masks(size));
-                }
-                for inst in instances(&out, cfg) {
-                    predictions.push(InstancePrediction {
-                        image_id: sample.id,
-                        label: inst.label,
-                        score: inst.score,
-                        mask: BinaryMask { height: size[0], width: size[1], data: inst.mask },
-                    });
-                }
-            }
-            Task::Semantic => {
-                let (cls, masks) = out.last();
-                let sem = semantic_inference(cls, masks, out.geometry);
-                let gt = label_map(&sample.objects, size, cfg.data.ignore_label as u32);
-                confusion.add(&gt, &sem.labels, &sample.file)?;
-            }
-        }
+        evaluator.add(&sample, &out)?;
         total_s += t0.elapsed().as_secs_f64();
         pb.inc(1);
     }
     pb.finish_and_clear();
-    let panoptic = if cfg.task == Task::Panoptic {
-        let (mut gt_pan, pred) = panoptic.finish();
-        if cfg.data.format == Format::CocoPanoptic {
-            // The original files keep crowd segments, which the reader drops from targets.
-            gt_pan = pan::load(Path::new(&cfg.data.val_annotations), Some(Path::new(&cfg.data.val_panoptic)))?;
-            gt_pan.images.retain(|i| image_ids.contains(&i.id));
-            gt_pan.annotations.retain(|a| image_ids.contains(&a.image_id));
-        }
-        Some(pan::evaluate(gt_pan, pred)?)
-    } else {
-        None
-    };
-    let (coco, semantic, rows) = match cfg.task {
-        Task::Instance | Task::Panoptic => {
-            let rows = coco::result_rows(&predictions, &category_ids)?;
-            let gt = if cfg.data.format == Format::Coco {
-                coco::load_ground_truth(Path::new(&cfg.data.val_annotations))?
-            } else {
-                gt.finish()
-            };
-            (Some(coco::evaluate_segm(gt, &rows, &image_ids)?), None, rows)
-        }
-        Task::Semantic => (None, Some(confusion.metrics()), Vec::new()),
-    };
+    let Scores { coco, panoptic, semantic, rows } = evaluator.finish()?;
     let speed = Speed {
         device: device_name.to_string(),
         model_images_per_s: n as f64 / model_s.max(1e-9),

@@ -33,64 +33,15 @@ use mpf_criterion::{Criterion, CriterionStreams};
 use mpf_data::config::{Split, training_indices};
 use mpf_data::loader::{Loader, plan};
 use mpf_pilot::forward::{GtObjects, MpFormer, PilotStreams};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointInfo, TrainingState};
 use crate::config::ExperimentConfig;
 use crate::device::BackendTask;
-use crate::evaluate::{Evaluation, evaluate, progress};
+use crate::evaluate::{Evaluation, evaluate};
 use crate::run_lock::RunLock;
 use crate::solver::{ParamGroup, add_grads, clip_global, param_groups, split_grads};
-
-/// The `[train]` table: periods of logging, evaluation and checkpoints (in optimiser steps).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainConfig {
-    /// Steps between JSONL log lines (loss averaged over the window).
-    pub log_period: u64,
-    /// Steps between evaluations on the validation split; 0 = only at the end. The end of
-    /// training is always evaluated.
-    pub eval_period: u64,
-    /// Steps between checkpoints; the last step always writes one.
-    pub checkpoint_period: u64,
-    /// Checkpoints kept under `checkpoints/` (older ones are deleted; `best/` is separate).
-    pub keep_last: usize,
-    /// Validation images per evaluation (0 = the whole split).
-    pub eval_images: usize,
-    /// Validation images drawn with their predictions at the end.
-    pub overlays: usize,
-    /// Instances below this score are left out of overlays.
-    pub overlay_score: f32,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            log_period: 20,
-            eval_period: 5000,
-            checkpoint_period: 5000,
-            keep_last: 2,
-            eval_images: 0,
-            overlays: 8,
-            overlay_score: 0.5,
-        }
-    }
-}
-
-impl TrainConfig {
-    /// Checks ranges, naming the key.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.log_period == 0 {
-            return Err("`train.log_period` must be at least 1".into());
-        }
-        if self.checkpoint_period == 0 {
-            return Err("`train.checkpoint_period` must be at least 1".into());
-        }
-        if self.keep_last == 0 {
-            return Err("`train.keep_last` must be at least 1 (resuming needs a checkpoint)".into());
-        }
-        Ok(())
-    }
-}
+use mpf_data::Dataset;
 
 /// A training run to start or continue.
 #[derive(Debug, Clone)]
@@ -273,7 +224,8 @@ impl BackendTask for TrainTask {
     type Output = anyhow::Result<TrainReport>;
 
     fn run<B: Backend>(self, device: B::Device, name: &str) -> Self::Output {
-        train::<B>(self, device, name)
+        let progress = self.progress;
+        Trainer::<B>::new(&self, device, name)?.run(progress, &mut [])
     }
 }
 
@@ -288,106 +240,227 @@ fn targets(batch: &mpf_data::batch::Batch) -> Vec<GtObjects> {
         .collect()
 }
 
-fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> anyhow::Result<TrainReport> {
-    type AD<B> = Autodiff<B>;
-    let cfg = &task.config;
-    let run = &task.output;
-    let ckpt_root = run.join("checkpoints");
-    // One process per run folder, held until this function returns.
-    let _lock = RunLock::acquire(run)?;
-    checkpoint::recover_swap(&run.join("best"))?;
-    if task.resume.is_none() && !list_checkpoints(&ckpt_root).is_empty() {
-        bail!(
-            "{} already holds a run with checkpoints: continue it with --resume {} or choose another --output",
-            run.display(),
-            run.display()
-        );
-    }
-    std::fs::create_dir_all(&ckpt_root).with_context(|| format!("cannot create {}", ckpt_root.display()))?;
+/// What one optimiser step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    /// Steps done after this one (1 after the first step).
+    pub step: u64,
+    /// Base learning rate of the step (before group multipliers).
+    pub lr: f64,
+    /// Every loss term averaged over the accumulated batches, `total` included.
+    pub terms: BTreeMap<String, f64>,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+}
 
-    // Data.
-    let train_data = cfg.data.open(Split::Train, cfg.seed, &cfg.class_names)?;
-    let val_data = cfg.data.open(Split::Val, cfg.seed, &cfg.class_names)?;
-    for (split, d) in [("train", &train_data), ("val", &val_data)] {
-        if d.classes().len() != cfg.model.num_classes {
+impl StepReport {
+    /// The total loss.
+    pub fn loss(&self) -> f64 {
+        self.terms["total"]
+    }
+}
+
+/// Observes a [`Trainer::run`] (detectron2's hooks): called after every step and every evaluation.
+/// Returning an error stops training there.
+pub trait TrainHook<B: Backend> {
+    /// After each optimiser step (and the trainer's own logging).
+    fn after_step(&mut self, _trainer: &Trainer<B>, _report: &StepReport) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// After each evaluation, with its step.
+    fn after_eval(&mut self, _trainer: &Trainer<B>, _step: u64, _evaluation: &Evaluation) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Training as a library: the model, its optimisers, data and run folder.
+///
+/// [`Trainer::new`] prepares a run (fresh, or resumed from a checkpoint) and holds the run
+/// folder's lock; [`step`](Trainer::step) does one optimiser step; [`evaluate`](Trainer::evaluate)
+/// scores the current model on the validation split (logging it and keeping `best/`);
+/// [`checkpoint`](Trainer::checkpoint) writes one; [`run`](Trainer::run) drives them with the
+/// config's periods to `solver.max_iter`, then evaluates, draws and returns a [`TrainReport`].
+pub struct Trainer<B: Backend> {
+    cfg: ExperimentConfig,
+    run_dir: PathBuf,
+    device: B::Device,
+    device_name: String,
+    /// Always `Some` between calls; taken while the optimisers consume it.
+    model: Option<MpFormer<Autodiff<B>>>,
+    groups: Vec<ParamGroup>,
+    group_names: Vec<String>,
+    optims: Vec<Adam<B>>,
+    criterion: Criterion,
+    batches: Loader,
+    val_data: Arc<dyn Dataset>,
+    log: Log,
+    start: u64,
+    step: u64,
+    window: (f64, u64, Instant),
+    started: Instant,
+    best: Option<(String, f64, u64)>,
+    last_checkpoint: Option<PathBuf>,
+    last_eval: Option<(u64, Evaluation)>,
+    _lock: RunLock,
+}
+
+impl<B: Backend> Trainer<B> {
+    /// Prepares `task`: locks and checks the run folder, opens the data, builds the model and
+    /// optimisers, restores them from `task.resume`, writes `RUN/config.toml` and opens the log.
+    pub fn new(task: &TrainTask, device: B::Device, device_name: &str) -> anyhow::Result<Self> {
+        let cfg = task.config.clone();
+        let run = task.output.clone();
+        let ckpt_root = run.join("checkpoints");
+        // One process per run folder, held as long as the trainer lives.
+        let lock = RunLock::acquire(&run)?;
+        checkpoint::recover_swap(&run.join("best"))?;
+        if task.resume.is_none() && !list_checkpoints(&ckpt_root).is_empty() {
             bail!(
-                "the {split} data has {} classes but model.num_classes is {}",
-                d.classes().len(),
-                cfg.model.num_classes
+                "{} already holds a run with checkpoints: continue it with --resume {} or choose another --output",
+                run.display(),
+                run.display()
             );
         }
-    }
-    let indices = training_indices(train_data.as_ref());
-    if indices.is_empty() {
-        bail!("the training split has no image with objects");
+        std::fs::create_dir_all(&ckpt_root).with_context(|| format!("cannot create {}", ckpt_root.display()))?;
+
+        let train_data = cfg.data.open(Split::Train, cfg.seed, &cfg.class_names)?;
+        let val_data = cfg.data.open(Split::Val, cfg.seed, &cfg.class_names)?;
+        for (split, d) in [("train", &train_data), ("val", &val_data)] {
+            if d.classes().len() != cfg.model.num_classes {
+                bail!(
+                    "the {split} data has {} classes but model.num_classes is {}",
+                    d.classes().len(),
+                    cfg.model.num_classes
+                );
+            }
+        }
+        let indices = training_indices(train_data.as_ref());
+        if indices.is_empty() {
+            bail!("the training split has no image with objects");
+        }
+
+        Autodiff::<B>::seed(&device, cfg.seed);
+        let mut model = MpFormer::<Autodiff<B>>::new(cfg.model.init::<Autodiff<B>>(&device)?, &cfg.pilot, &device);
+        let mut groups = param_groups(&model, &cfg.solver);
+        let mut optims = optimizers::<B>(&cfg, &groups);
+        let group_names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+        let (mut start, mut best) = (0, None);
+        if let Some(resume) = &task.resume {
+            let dir = find_checkpoint(resume)?;
+            let info = checkpoint::read_info(&dir)?;
+            let state = info.training.clone().with_context(|| {
+                format!("{} was not written by training (no optimiser state); it cannot be resumed", dir.display())
+            })?;
+            if state.groups != group_names {
+                bail!(
+                    "{}: parameter groups {:?} differ from this config's {:?}",
+                    dir.display(),
+                    state.groups,
+                    group_names
+                );
+            }
+            model = checkpoint::load::<Autodiff<B>>(&dir, &cfg, &device)?;
+            // Loading restores the saved parameter ids, which the optimiser states are keyed by.
+            groups = param_groups(&model, &cfg.solver);
+            optims = optims
+                .into_iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let name = format!("optim-{i}");
+                    Ok(o.load_record(checkpoint::read_record::<Autodiff<B>, _>(&dir, &info, &name, &device)?))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            start = state.step;
+            best = state.best;
+            tracing::info!("resumed from {} at step {start}", dir.display());
+        }
+        let max_iter = cfg.solver.max_iter;
+        if start > max_iter {
+            bail!("the checkpoint is at step {start}, beyond solver.max_iter = {max_iter}");
+        }
+        // Only a config that was accepted (and, on resume, matched its checkpoint) becomes the run's.
+        checkpoint::write_atomic(&run.join("config.toml"), &cfg.to_toml()?)?;
+        let accum = cfg.solver.accumulate as u64;
+        let criterion = Criterion::new(cfg.loss.clone())?;
+        let batches = Loader::new(
+            Arc::clone(&train_data),
+            plan(&indices, cfg.data.batch_size, cfg.seed, start * accum, (max_iter - start) * accum),
+            cfg.data.train_augment(),
+            cfg.input.size_divisibility,
+            cfg.seed,
+            cfg.data.workers,
+            cfg.data.prefetch,
+        );
+        let log = Log::open(&run.join("metrics.jsonl"), start)?;
+        Ok(Self {
+            last_checkpoint: list_checkpoints(&ckpt_root).last().cloned(),
+            cfg,
+            run_dir: run,
+            device,
+            device_name: device_name.to_string(),
+            model: Some(model),
+            groups,
+            group_names,
+            optims,
+            criterion,
+            batches,
+            val_data,
+            log,
+            start,
+            step: start,
+            window: (0.0, 0, Instant::now()),
+            started: Instant::now(),
+            best,
+            last_eval: None,
+            _lock: lock,
+        })
     }
 
-    // Model, parameter groups, optimisers.
-    AD::<B>::seed(&device, cfg.seed);
-    let mut model = MpFormer::<AD<B>>::new(cfg.model.init::<AD<B>>(&device)?, &cfg.pilot, &device);
-    let mut groups = param_groups(&model, &cfg.solver);
-    let mut optims = optimizers::<B>(cfg, &groups);
-    let group_names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
-    let mut start = 0;
-    let mut best: Option<(String, f64, u64)> = None;
-    if let Some(resume) = &task.resume {
-        let dir = find_checkpoint(resume)?;
-        let info = checkpoint::read_info(&dir)?;
-        let state = info.training.clone().with_context(|| {
-            format!("{} was not written by training (no optimiser state); it cannot be resumed", dir.display())
-        })?;
-        if state.groups != group_names {
-            bail!("{}: parameter groups {:?} differ from this config's {:?}", dir.display(), state.groups, group_names);
+    /// The config.
+    pub fn config(&self) -> &ExperimentConfig {
+        &self.cfg
+    }
+
+    /// Optimiser steps done (the resumed checkpoint's step before the first [`step`](Self::step)).
+    pub fn steps_done(&self) -> u64 {
+        self.step
+    }
+
+    /// The model being trained.
+    pub fn model(&self) -> &MpFormer<Autodiff<B>> {
+        self.model.as_ref().expect("the model is present between steps")
+    }
+
+    /// The run folder.
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// One optimiser step: `solver.accumulate` batches forward and backward, global clipping, one
+    /// AdamW step per parameter group at the scheduled rate. Logs a line every `train.log_period`
+    /// steps. A non-finite loss stops with an error naming the step, images and terms.
+    pub fn step(&mut self) -> anyhow::Result<StepReport> {
+        let cfg = &self.cfg;
+        let (step, max_iter) = (self.step, cfg.solver.max_iter);
+        if step >= max_iter {
+            bail!("the run is complete (solver.max_iter = {max_iter}); raise it with --set to train longer");
         }
-        model = checkpoint::load::<AD<B>>(&dir, cfg, &device)?;
-        // Loading restores the saved parameter ids, which the optimiser states are keyed by.
-        groups = param_groups(&model, &cfg.solver);
-        optims = optims
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                Ok(o.load_record(checkpoint::read_record::<AD<B>, _>(&dir, &info, &format!("optim-{i}"), &device)?))
-            })
-            .collect::<anyhow::Result<_>>()?;
-        start = state.step;
-        best = state.best;
-        tracing::info!("resumed from {} at step {start}", dir.display());
-    }
-    let max_iter = cfg.solver.max_iter;
-    if start > max_iter {
-        bail!("the checkpoint is at step {start}, beyond solver.max_iter = {max_iter}");
-    }
-    // Only a config that was accepted (and, on resume, matched its checkpoint) becomes the run's.
-    checkpoint::write_atomic(&run.join("config.toml"), &cfg.to_toml()?)?;
-    let accum = cfg.solver.accumulate as u64;
-    let criterion = Criterion::new(cfg.loss.clone())?;
-    let loader = Loader::new(
-        Arc::clone(&train_data),
-        plan(&indices, cfg.data.batch_size, cfg.seed, start * accum, (max_iter - start) * accum),
-        cfg.data.train_augment(),
-        cfg.input.size_divisibility,
-        cfg.seed,
-        cfg.data.workers,
-        cfg.data.prefetch,
-    );
-    let mut batches = loader;
-    let mut log = Log::open(&run.join("metrics.jsonl"), start)?;
-    let pb = progress(max_iter, task.progress, "train");
-    pb.set_position(start);
-    let t_start = Instant::now();
-    let (mut window_loss, mut window_n, mut window_t) = (0.0, 0u64, Instant::now());
-    let mut last_ckpt: Option<PathBuf> = list_checkpoints(&ckpt_root).last().cloned();
-    let mut last_eval: Option<(u64, Evaluation)> = None;
-    for step in start..max_iter {
+        let accum = cfg.solver.accumulate as u64;
         let mut acc = GradientsParams::new();
-        let mut report: BTreeMap<String, f64> = BTreeMap::new();
+        let mut terms_sum: BTreeMap<String, f64> = BTreeMap::new();
         for micro in 0..accum {
             let index = step * accum + micro;
-            let batch = batches.next().context("the data loader ended early")??;
-            let images = batch.images_tensor::<AD<B>>(&cfg.input, &device)?;
+            let batch = self.batches.next().context("the data loader ended early")??;
+            let images = batch.images_tensor::<Autodiff<B>>(&cfg.input, &self.device)?;
             let gt = targets(&batch);
-            let out = model.forward_train(images.images, &gt, &cfg.pilot, &mut PilotStreams::for_step(cfg.seed, index));
-            let losses = criterion.forward(&out, &gt, &cfg.pilot, &mut CriterionStreams::for_step(cfg.seed, index))?;
+            let out = self.model().forward_train(
+                images.images,
+                &gt,
+                &cfg.pilot,
+                &mut PilotStreams::for_step(cfg.seed, index),
+            );
+            let losses =
+                self.criterion.forward(&out, &gt, &cfg.pilot, &mut CriterionStreams::for_step(cfg.seed, index))?;
             let terms = losses.report();
             if !terms["total"].is_finite() {
                 let bad: Vec<&String> = terms.iter().filter(|(_, v)| !v.is_finite()).map(|(k, _)| k).collect();
@@ -401,101 +474,175 @@ fn train<B: Backend>(task: TrainTask, device: B::Device, device_name: &str) -> a
                     batch.items.iter().map(|i| &i.1).collect::<Vec<_>>(),
                     bad.len(),
                     terms.len(),
-                    last_ckpt.as_ref().map_or("none (no checkpoint written yet)".into(), |p| p.display().to_string())
+                    self.last_checkpoint
+                        .as_ref()
+                        .map_or("none (no checkpoint written yet)".into(), |p| p.display().to_string())
                 );
             }
             for (k, v) in terms {
-                *report.entry(k).or_default() += v / accum as f64;
+                *terms_sum.entry(k).or_default() += v / accum as f64;
             }
             let total = losses.total();
             let total = if accum > 1 { total.div_scalar(accum as f64) } else { total };
-            let grads = GradientsParams::from_grads(total.backward(), &model);
-            add_grads(&model, &mut acc, grads);
+            let grads = GradientsParams::from_grads(total.backward(), self.model());
+            add_grads(self.model(), &mut acc, grads);
         }
-        let grad_norm = clip_global(&model, &mut acc, cfg.solver.clip_norm);
+        let grad_norm = clip_global(self.model(), &mut acc, cfg.solver.clip_norm);
         let lr = cfg.solver.lr_at(step);
-        for ((opt, g), grads) in optims.iter_mut().zip(&groups).zip(split_grads(&model, acc, &groups)) {
+        let split = split_grads(self.model(), acc, &self.groups);
+        // The optimisers take the model by value (so its tensors can be updated in place).
+        let mut model = self.model.take().expect("the model is present between steps");
+        for ((opt, g), grads) in self.optims.iter_mut().zip(&self.groups).zip(split) {
             model = opt.step(lr * g.lr_multiplier, model, grads);
         }
-        let done = step + 1;
-        window_loss += report["total"];
-        window_n += 1;
-        pb.set_position(done);
-        pb.set_message(format!("train loss {:.3} lr {lr:.2e}", report["total"]));
-        if done.is_multiple_of(cfg.train.log_period) || done == max_iter {
-            let secs = window_t.elapsed().as_secs_f64();
-            let it_s = window_n as f64 / secs.max(1e-9);
-            log.write(&serde_json::json!({
-                "type": "train", "step": done, "lr": lr, "loss": window_loss / window_n as f64,
-                "grad_norm": grad_norm, "it_per_s": it_s, "eta_s": (max_iter - done) as f64 / it_s,
-                "elapsed_s": t_start.elapsed().as_secs_f64(), "terms": report,
+        self.model = Some(model);
+        self.step = step + 1;
+        let report = StepReport { step: self.step, lr, terms: terms_sum, grad_norm };
+        self.window.0 += report.loss();
+        self.window.1 += 1;
+        if self.step.is_multiple_of(cfg.train.log_period) || self.step == max_iter {
+            let (loss, n, t) = self.window;
+            let it_s = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
+            self.log.write(&serde_json::json!({
+                "type": "train", "step": self.step, "lr": lr, "loss": loss / n as f64,
+                "grad_norm": grad_norm, "it_per_s": it_s, "eta_s": (max_iter - self.step) as f64 / it_s,
+                "elapsed_s": self.started.elapsed().as_secs_f64(), "terms": report.terms,
             }))?;
-            (window_loss, window_n, window_t) = (0.0, 0, Instant::now());
+            self.window = (0.0, 0, Instant::now());
         }
-        let eval_due = (cfg.train.eval_period > 0 && done.is_multiple_of(cfg.train.eval_period)) || done == max_iter;
-        if eval_due {
-            pb.suspend(|| tracing::info!("evaluating at step {done}"));
-            let inner = model.valid();
-            let ev =
-                evaluate(&inner.model, cfg, val_data.as_ref(), &device, device_name, cfg.train.eval_images, false)?;
-            log.write(&eval_line(done, &ev))?;
-            let (metric, value) = ev.primary();
-            if best.as_ref().is_none_or(|b| value > b.1) {
-                best = Some((metric.to_string(), value, done));
-                let info = CheckpointInfo {
-                    training: Some(TrainingState { step: done, groups: group_names.clone(), best: best.clone() }),
-                    ..CheckpointInfo::new(format!("training (best {metric} {value:.2} at step {done})"), Some(done))
-                };
-                checkpoint::save_swapped(&run.join("best"), cfg, inner, &info)?;
-            }
-            last_eval = Some((done, ev));
-        }
-        if done.is_multiple_of(cfg.train.checkpoint_period) || done == max_iter {
-            let dir = ckpt_root.join(format!("step_{done:08}"));
-            let info = CheckpointInfo {
-                training: Some(TrainingState { step: done, groups: group_names.clone(), best: best.clone() }),
-                ..CheckpointInfo::new(format!("training step {done}"), Some(done))
-            };
-            checkpoint::save_with(&dir, cfg, model.clone(), &info, |d| {
-                let mut names = Vec::new();
-                for (i, o) in optims.iter().enumerate() {
-                    let name = format!("optim-{i}");
-                    checkpoint::write_record::<AD<B>, _>(d, &name, o.to_record())?;
-                    names.push(name);
-                }
-                Ok(names)
-            })?;
-            let all = list_checkpoints(&ckpt_root);
-            for old in all.iter().take(all.len().saturating_sub(cfg.train.keep_last)) {
-                std::fs::remove_dir_all(old).with_context(|| format!("cannot remove {}", old.display()))?;
-            }
-            last_ckpt = Some(dir);
-        }
+        Ok(report)
     }
-    pb.finish_and_clear();
-    let train_seconds = t_start.elapsed().as_secs_f64();
-    // A run resumed at its end has not evaluated in this process; its log may already hold the
-    // final evaluation (a kill after the last checkpoint), which is then not written twice.
-    let evaluation = match last_eval {
-        Some((s, ev)) if s == max_iter => ev,
-        _ => {
-            let inner = model.valid();
-            let ev =
-                evaluate(&inner.model, cfg, val_data.as_ref(), &device, device_name, cfg.train.eval_images, false)?;
-            if !log.has_eval(max_iter) {
-                log.write(&eval_line(max_iter, &ev))?;
-            }
-            ev
+
+    /// Scores the current model on the validation split (`train.eval_images` images), logs the
+    /// result and, when it is the best so far, saves the model to `RUN/best/`.
+    pub fn evaluate(&mut self) -> anyhow::Result<Evaluation> {
+        let inner = self.model().valid();
+        let cfg = &self.cfg;
+        let ev = evaluate(
+            &inner.model,
+            cfg,
+            self.val_data.as_ref(),
+            &self.device,
+            &self.device_name,
+            cfg.train.eval_images,
+            false,
+        )?;
+        let done = self.step;
+        self.log.write(&eval_line(done, &ev))?;
+        let (metric, value) = ev.primary();
+        if self.best.as_ref().is_none_or(|b| value > b.1) {
+            self.best = Some((metric.to_string(), value, done));
+            let info = CheckpointInfo {
+                training: Some(self.training_state()),
+                ..CheckpointInfo::new(format!("training (best {metric} {value:.2} at step {done})"), Some(done))
+            };
+            checkpoint::save_swapped(&self.run_dir.join("best"), cfg, inner, &info)?;
         }
-    };
-    let files = crate::report::finish_run(run, cfg, &model.valid().model, &evaluation, val_data.as_ref(), &device)?;
-    Ok(TrainReport {
-        run_dir: run.clone(),
-        start_step: start,
-        final_step: max_iter,
-        train_seconds,
-        evaluation,
-        best,
-        files,
-    })
+        self.last_eval = Some((done, ev.clone()));
+        Ok(ev)
+    }
+
+    fn training_state(&self) -> TrainingState {
+        TrainingState { step: self.step, groups: self.group_names.clone(), best: self.best.clone() }
+    }
+
+    /// Writes `RUN/checkpoints/step_NNNNNNNN/` (model, optimiser states, step) and deletes all but
+    /// the newest `train.keep_last`.
+    pub fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
+        let done = self.step;
+        let ckpt_root = self.run_dir.join("checkpoints");
+        let dir = ckpt_root.join(format!("step_{done:08}"));
+        let info = CheckpointInfo {
+            training: Some(self.training_state()),
+            ..CheckpointInfo::new(format!("training step {done}"), Some(done))
+        };
+        let optims = &self.optims;
+        checkpoint::save_with(&dir, &self.cfg, self.model().clone(), &info, |d| {
+            let mut names = Vec::new();
+            for (i, o) in optims.iter().enumerate() {
+                let name = format!("optim-{i}");
+                checkpoint::write_record::<Autodiff<B>, _>(d, &name, o.to_record())?;
+                names.push(name);
+            }
+            Ok(names)
+        })?;
+        let all = list_checkpoints(&ckpt_root);
+        for old in all.iter().take(all.len().saturating_sub(self.cfg.train.keep_last)) {
+            std::fs::remove_dir_all(old).with_context(|| format!("cannot remove {}", old.display()))?;
+        }
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// Trains to `solver.max_iter`: a step at a time, evaluating every `train.eval_period` steps
+    /// and at the end, checkpointing every `train.checkpoint_period` steps and at the end, calling
+    /// `hooks` after each. Then writes the final evaluation, curves and overlays into the run folder.
+    pub fn run(mut self, progress: bool, hooks: &mut [&mut dyn TrainHook<B>]) -> anyhow::Result<TrainReport> {
+        let max_iter = self.cfg.solver.max_iter;
+        let pb = crate::evaluate::progress(max_iter, progress, "train");
+        pb.set_position(self.step);
+        let t_start = Instant::now();
+        while self.step < max_iter {
+            let r = self.step()?;
+            pb.set_position(r.step);
+            pb.set_message(format!("train loss {:.3} lr {:.2e}", r.loss(), r.lr));
+            for h in hooks.iter_mut() {
+                h.after_step(&self, &r)?;
+            }
+            let done = r.step;
+            let period = self.cfg.train.eval_period;
+            if (period > 0 && done.is_multiple_of(period)) || done == max_iter {
+                pb.suspend(|| tracing::info!("evaluating at step {done}"));
+                let ev = self.evaluate()?;
+                for h in hooks.iter_mut() {
+                    h.after_eval(&self, done, &ev)?;
+                }
+            }
+            if done.is_multiple_of(self.cfg.train.checkpoint_period) || done == max_iter {
+                self.checkpoint()?;
+            }
+        }
+        pb.finish_and_clear();
+        let train_seconds = t_start.elapsed().as_secs_f64();
+        // A run resumed at its end has not evaluated in this process; its log may already hold the
+        // final evaluation (a kill after the last checkpoint), which is then not written twice.
+        let evaluation = match self.last_eval.take() {
+            Some((s, ev)) if s == max_iter => ev,
+            _ => {
+                let inner = self.model().valid();
+                let cfg = &self.cfg;
+                let ev = evaluate(
+                    &inner.model,
+                    cfg,
+                    self.val_data.as_ref(),
+                    &self.device,
+                    &self.device_name,
+                    cfg.train.eval_images,
+                    false,
+                )?;
+                if !self.log.has_eval(max_iter) {
+                    self.log.write(&eval_line(max_iter, &ev))?;
+                }
+                ev
+            }
+        };
+        let inner = self.model().valid();
+        let files = crate::report::finish_run(
+            &self.run_dir,
+            &self.cfg,
+            &inner.model,
+            &evaluation,
+            self.val_data.as_ref(),
+            &self.device,
+        )?;
+        Ok(TrainReport {
+            run_dir: self.run_dir.clone(),
+            start_step: self.start,
+            final_step: max_iter,
+            train_seconds,
+            evaluation,
+            best: self.best.clone(),
+            files,
+        })
+    }
 }

@@ -484,3 +484,64 @@ fn output_into_a_closed_pipe_is_not_a_panic() {
     assert_ne!(out.status.code(), Some(101), "panicked: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+/// `ablation --scale smoke` end to end: every (variant, seed) trains and is analysed, the results
+/// have one row per variant with the seeds' spread and the paired difference, a second invocation
+/// skips finished runs and resumes an interrupted one, and another config for the same folder is
+/// refused.
+#[test]
+fn ablation_smoke_runs_skips_resumes_and_refuses_a_changed_grid() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("abl");
+    let ablation = |extra: &[&str]| {
+        let mut c = bin();
+        c.current_dir(&root)
+            .args(["ablation", "--grid", "table10", "--scale", "smoke", "--seeds", "2", "--jobs", "2", "--out"])
+            .arg(&out)
+            .args(extra);
+        run(&mut c)
+    };
+    let (ok, stdout, stderr) = ablation(&[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    let grid = out.join("table10");
+    for f in ["results.md", "results.json", "ap.png", "util.png", "miou_l.png"] {
+        assert!(grid.join(f).exists(), "{f} missing");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grid.join("results.json")).unwrap()).unwrap();
+    let names: Vec<&str> = v["variants"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["Mask2Former", "fixed matching", "layer-consistency loss", "MP-Former"]);
+    assert_eq!(v["runs"].as_array().unwrap().len(), 8);
+    for row in v["variants"].as_array().unwrap() {
+        assert_eq!(row["seeds"], serde_json::json!([0, 1]), "{}", row["name"]);
+        let ap = &row["spread"]["AP"];
+        assert!(ap["min"].as_f64().unwrap() <= ap["median"].as_f64().unwrap());
+        assert!(ap["median"].as_f64().unwrap() <= ap["max"].as_f64().unwrap());
+        // 9 decoder layers: Util^i and mIoU-L^i per layer; AP measured twice (steps 12 and 24).
+        assert_eq!(row["util_layers"].as_array().unwrap().len(), 9);
+        assert_eq!(row["curve"].as_array().unwrap().len(), 2);
+    }
+    // Paired difference to the first row: seeds compared, and the reference has none of its own.
+    assert_eq!(v["variants"][3]["delta"]["AP"]["n"], 2);
+    assert!(v["variants"][0]["delta"]["AP"]["median"].as_f64().unwrap() == 0.0);
+    let md = std::fs::read_to_string(grid.join("results.md")).unwrap();
+    assert!(md.contains("| MP-Former |") && md.contains("## Verdict"), "{md}");
+
+    // Interrupt one run: its final checkpoint and done record are gone, the step-12 one is kept.
+    let run_dir = grid.join("mp-former/seed_1");
+    std::fs::remove_file(run_dir.join("done.json")).unwrap();
+    std::fs::remove_dir_all(run_dir.join("checkpoints/step_00000024")).unwrap();
+    let (ok, stdout, stderr) = ablation(&[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert_eq!(stdout.matches("finished earlier").count(), 7, "{stdout}");
+    let done: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("done.json")).unwrap()).unwrap();
+    assert_eq!(done["resumed"], true);
+    assert!(run_dir.join("checkpoints/step_00000024/checkpoint.json").exists());
+
+    // Other steps for the same folder: refused before anything runs, naming the run folder.
+    let (ok, _, stderr) = ablation(&["--steps", "30"]);
+    assert!(!ok);
+    assert!(stderr.contains("mask2former/seed_0") && stderr.contains("another config"), "{stderr}");
+}

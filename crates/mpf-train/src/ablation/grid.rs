@@ -180,7 +180,8 @@ pub struct Scale {
 
 /// The compiled-in scales by name.
 pub fn scales() -> Result<std::collections::BTreeMap<String, Scale>, GridError> {
-    toml::from_str(SCALES).map_err(|e| GridError::Parse { path: format!("{SCALES_DIR}/scales.toml"), message: e.to_string() })
+    toml::from_str(SCALES)
+        .map_err(|e| GridError::Parse { path: format!("{SCALES_DIR}/scales.toml"), message: e.to_string() })
 }
 
 /// The scale called `name`.
@@ -208,10 +209,15 @@ mod tests {
     fn grid_errors_name_the_file_and_variant() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("g.toml");
-        std::fs::write(&p, "title = \"t\"\nbase = \"b.toml\"\n[[variants]]\nname = \"a\"\nset = [\"pilot.enabled\"]\n").unwrap();
+        std::fs::write(&p, "title = \"t\"\nbase = \"b.toml\"\n[[variants]]\nname = \"a\"\nset = [\"pilot.enabled\"]\n")
+            .unwrap();
         let e = Grid::load(&p).unwrap_err().to_string();
         assert!(e.contains("g.toml") && e.contains("variant `a`") && e.contains("key=value"), "{e}");
-        std::fs::write(&p, "title = \"t\"\nbase = \"b.toml\"\n[[variants]]\nname = \"A b\"\n[[variants]]\nname = \"a-b\"\n").unwrap();
+        std::fs::write(
+            &p,
+            "title = \"t\"\nbase = \"b.toml\"\n[[variants]]\nname = \"A b\"\n[[variants]]\nname = \"a-b\"\n",
+        )
+        .unwrap();
         let e = Grid::load(&p).unwrap_err().to_string();
         assert!(e.contains("share the folder name `a-b`"), "{e}");
         std::fs::write(&p, "title = \"t\"\nbase = \"b.toml\"\nvariant = []\n").unwrap();
@@ -237,6 +243,14 @@ mod tests {
             }
             let g = Grid::load(&p).unwrap();
             assert!(g.base.exists(), "{}: base {}", p.display(), g.base.display());
+            // Every variant resolves to a valid config at every CPU scale.
+            for scale_name in ["smoke", "cpu"] {
+                for v in &g.variants {
+                    let sets: Vec<String> = all[scale_name].set.iter().chain(&v.set).cloned().collect();
+                    crate::config::load(Some(&g.base), &sets)
+                        .unwrap_or_else(|e| panic!("{} `{}` at {scale_name}: {e}", p.display(), v.name));
+                }
+            }
             n += 1;
         }
         assert!(n >= 6, "table10 and the five Table 8 grids");

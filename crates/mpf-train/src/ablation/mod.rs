@@ -132,7 +132,9 @@ pub fn user_data_overrides(data: &UserData) -> anyhow::Result<Vec<String>> {
         Some(v) => (v.as_path(), data.val_images.as_deref()),
         None => (data.train.as_path(), data.train_images.as_deref()),
     };
-    sets.extend(crate::cli::coco_data_overrides(val, val_images, "val")?.into_iter().filter(|s| !s.starts_with("data.format=")));
+    sets.extend(
+        crate::cli::coco_data_overrides(val, val_images, "val")?.into_iter().filter(|s| !s.starts_with("data.format=")),
+    );
     let text = std::fs::read_to_string(&data.train).with_context(|| format!("cannot read {}", data.train.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", data.train.display()))?;
@@ -227,12 +229,8 @@ fn run_child(mut cmd: Command, log: &Path, what: &str) -> anyhow::Result<f64> {
         .with_context(|| format!("cannot open {}", log.display()))?;
     let err = file.try_clone()?;
     let t0 = Instant::now();
-    let status = cmd
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err)
-        .status()
-        .with_context(|| format!("cannot start {what}"))?;
+    let status =
+        cmd.stdin(Stdio::null()).stdout(file).stderr(err).status().with_context(|| format!("cannot start {what}"))?;
     if !status.success() {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect();
@@ -241,13 +239,11 @@ fn run_child(mut cmd: Command, log: &Path, what: &str) -> anyhow::Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// Trains and analyses one run as far as it still needs.
-pub fn execute(p: &RunPlan, exe: &Path, device: &str, threads: usize) -> anyhow::Result<RunDone> {
+/// Trains and analyses one run as far as it still needs; `None` when it had finished earlier.
+pub fn execute(p: &RunPlan, exe: &Path, device: &str, threads: usize) -> anyhow::Result<Option<RunDone>> {
     let st = state(p)?;
     if st == RunState::Done {
-        let path = p.dir.join("done.json");
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        return serde_json::from_str(&text).with_context(|| format!("{} is not a done record", path.display()));
+        return Ok(None);
     }
     std::fs::create_dir_all(&p.dir).with_context(|| format!("cannot create {}", p.dir.display()))?;
     let cfg_path = p.dir.join("ablation.toml");
@@ -281,7 +277,7 @@ pub fn execute(p: &RunPlan, exe: &Path, device: &str, threads: usize) -> anyhow:
     let layers_s = run_child(cmd, &log, &format!("layer analysis of {label}"))?;
     let done = RunDone { variant: p.name.clone(), seed: p.seed, train_s, layers_s, resumed, threads };
     crate::checkpoint::write_atomic(&p.dir.join("done.json"), &serde_json::to_string_pretty(&done)?)?;
-    Ok(done)
+    Ok(Some(done))
 }
 
 /// The newest training step logged in a run's `metrics.jsonl` (0 when none).
@@ -317,15 +313,18 @@ pub fn run(opts: &AblationOptions) -> anyhow::Result<Vec<PathBuf>> {
     let bin = opts.out.join(".bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
     let exe = bin.join(opts.exe.file_name().unwrap_or_else(|| "mpf-train".as_ref()));
-    std::fs::copy(&opts.exe, &exe).with_context(|| format!("cannot copy {} to {}", opts.exe.display(), exe.display()))?;
+    std::fs::copy(&opts.exe, &exe)
+        .with_context(|| format!("cannot copy {} to {}", opts.exe.display(), exe.display()))?;
 
     let all: Vec<&RunPlan> = plans.iter().flat_map(|(_, ps)| ps.iter()).collect();
     let total_steps: u64 = all.iter().map(|p| p.config.solver.max_iter).sum();
     let pb = crate::evaluate::progress(total_steps, opts.progress, "ablation");
     pb.set_style(
-        indicatif::ProgressStyle::with_template("ablation [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(
+            "ablation [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ETA {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     let queue: Mutex<VecDeque<&RunPlan>> = Mutex::new(all.iter().copied().collect());
     let active: Mutex<Vec<&RunPlan>> = Mutex::new(Vec::new());
@@ -350,17 +349,19 @@ pub fn run(opts: &AblationOptions) -> anyhow::Result<Vec<PathBuf>> {
                     f.0 += p.config.solver.max_iter;
                     f.1 += 1;
                     match result {
-                        Ok(done) => pb.suspend(|| println!(
-                            "[{}/{n_runs}] {} seed {}: {}",
-                            f.1,
-                            p.name,
-                            p.seed,
-                            if done.train_s == 0.0 && done.layers_s == 0.0 {
-                                "finished earlier".to_string()
-                            } else {
-                                format!("{:.0} s", done.train_s + done.layers_s)
-                            }
-                        )),
+                        Ok(done) => pb.suspend(|| {
+                            println!(
+                                "[{}/{n_runs}] {} seed {}: {}",
+                                f.1,
+                                p.name,
+                                p.seed,
+                                match done {
+                                    None => "finished earlier".to_string(),
+                                    Some(d) if d.resumed => format!("resumed, {:.0} s", d.train_s + d.layers_s),
+                                    Some(d) => format!("{:.0} s", d.train_s + d.layers_s),
+                                }
+                            )
+                        }),
                         Err(e) => {
                             pb.suspend(|| eprintln!("[{}/{n_runs}] {} seed {}: FAILED: {e:#}", f.1, p.name, p.seed));
                             failures.lock().expect("failures").push(format!("{}: {e:#}", p.dir.display()));

@@ -380,12 +380,20 @@ pub fn verdict(s: &Summary) -> String {
     let mut out = format!("Highest median {m}: **{}** ({:.2}).", best.name, best.spread[m].median);
     if best.name != reference.name {
         if let Some(d) = best.delta.get(m) {
-            let sure = if d.sign_p < 0.05 && d.ci95[0] > 0.0 {
+            let sure = if d.n < 2 {
+                "one seed only, so nothing can be said about its spread".to_string()
+            } else if d.sign_p < 0.05 && d.ci95[0] > 0.0 {
                 "the sign test and the bootstrap interval both separate it from the reference".to_string()
             } else if d.ci95[0] > 0.0 {
-                format!("higher in {}/{} seeds and the bootstrap interval excludes 0, but {} seeds are too few for the sign test (p={:.2})", d.wins, d.n, d.n, d.sign_p)
+                format!(
+                    "higher in {}/{} seeds and the bootstrap interval excludes 0, but {} seeds are too few for the sign test (p={:.2})",
+                    d.wins, d.n, d.n, d.sign_p
+                )
             } else {
-                format!("not separated from the reference: higher in {}/{} seeds, interval [{:+.2}, {:+.2}] contains 0", d.wins, d.n, d.ci95[0], d.ci95[1])
+                format!(
+                    "not separated from the reference: higher in {}/{} seeds, interval [{:+.2}, {:+.2}] contains 0",
+                    d.wins, d.n, d.ci95[0], d.ci95[1]
+                )
             };
             out += &format!(" {:+.2} vs {} (median per-seed difference); {sure}.", d.median, reference.name);
         }
@@ -424,7 +432,8 @@ pub fn headline(s: &Summary) -> String {
 pub fn write(dir: &Path, s: &Summary) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let json = dir.join("results.json");
-    std::fs::write(&json, serde_json::to_string_pretty(s)?).with_context(|| format!("cannot write {}", json.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(s)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
     let md = dir.join("results.md");
     std::fs::write(&md, markdown(s)).with_context(|| format!("cannot write {}", md.display()))?;
     let ap = dir.join("ap.png");
@@ -447,8 +456,20 @@ pub fn write(dir: &Path, s: &Summary) -> anyhow::Result<Vec<PathBuf>> {
             .collect()
     };
     let util = dir.join("util.png");
-    line_plot(&util, &format!("{}: Util^i (median over seeds)", s.grid), "decoder layer i", "Util^i", &per_layer(|v| &v.util_layers))?;
+    line_plot(
+        &util,
+        &format!("{}: Util^i (median over seeds)", s.grid),
+        "decoder layer i",
+        "Util^i",
+        &per_layer(|v| &v.util_layers),
+    )?;
     let miou = dir.join("miou_l.png");
-    line_plot(&miou, &format!("{}: mIoU-L^i (median over seeds)", s.grid), "decoder layer i", "mIoU-L^i", &per_layer(|v| &v.miou_l_layers))?;
+    line_plot(
+        &miou,
+        &format!("{}: mIoU-L^i (median over seeds)", s.grid),
+        "decoder layer i",
+        "mIoU-L^i",
+        &per_layer(|v| &v.miou_l_layers),
+    )?;
     Ok(vec![md, json, ap, util, miou])
 }
