@@ -1,9 +1,22 @@
 //! # mpf-train
 //!
-//! The library behind the `mpf-train` program: typed experiment configs ([`config`]), run-time
-//! backend selection ([`device`]), checkpoints ([`checkpoint`]), the optimiser recipe
-//! ([`solver`]) and the commands ([`train`], [`evaluate`], [`predict`], [`info`], [`forward`],
-//! `import`). The binary is a thin clap front end over these, so tests drive the same code.
+//! The library behind the `mpf-train` program. The binary (`src/bin/mpf-train`) is a thin clap
+//! front end over it, so tests and other programs drive the same code:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`config`] | typed TOML experiment configs: defaults, `extends`, `--set`, validation, `[train]` |
+//! | [`device`] | run-time backend selection (`--device`) among the compiled-in ones |
+//! | [`solver`] | the optimiser recipe: AdamW parameter groups, global clipping, schedules |
+//! | [`train`] | the [`train::Trainer`] (step / evaluate / checkpoint / run with hooks) and the run folder |
+//! | [`checkpoint`] | self-verifying checkpoint folders, atomic writes |
+//! | [`run_lock`] | one process per run folder |
+//! | [`evaluate`] | one [`evaluate::Evaluator`] per task, `evaluate`, the `eval` command |
+//! | [`layers`] | Util^i and mIoU-L^i of checkpoints (`layers`) |
+//! | [`predict`], [`forward`], [`info`], [`data_info`] | the other commands' work |
+//! | [`report`] | end-of-run curves, overlays and results |
+//! | [`ablation`] | the paper's ablation grids: planning, child runs, resume, summary and plots |
+//! | [`cli`] | helpers shared by the front end and the library (COCO `--data` overrides) |
 
 pub mod ablation;
 pub mod checkpoint;
