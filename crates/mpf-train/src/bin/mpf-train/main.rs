@@ -22,6 +22,16 @@ struct Cli {
 fn main() -> anyhow::Result<()> {
     mpf_train::keep_freed_memory();
     mpf_train::quiet_broken_pipe();
+    // Warnings and mpf's progress notes on stderr; `RUST_LOG` (e.g. `RUST_LOG=debug`) overrides.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,mpf_train=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .without_time()
+        .init();
     let cli = Cli::parse();
     let Some(command) = cli.command else {
         return commands::default_run();
