@@ -243,11 +243,15 @@ mod tests {
             }
             let g = Grid::load(&p).unwrap();
             assert!(g.base.exists(), "{}: base {}", p.display(), g.base.display());
-            // Every variant resolves to a valid config at every CPU scale.
-            for scale_name in ["smoke", "cpu"] {
+            // Every variant resolves to a valid config at every scale (gpu: on the COCO recipe).
+            for (scale_name, scale) in &all {
+                let base = match &scale.base {
+                    Some(b) => root.join(b),
+                    None => g.base.clone(),
+                };
                 for v in &g.variants {
-                    let sets: Vec<String> = all[scale_name].set.iter().chain(&v.set).cloned().collect();
-                    crate::config::load(Some(&g.base), &sets)
+                    let sets: Vec<String> = scale.set.iter().chain(&v.set).cloned().collect();
+                    crate::config::load(Some(&base), &sets)
                         .unwrap_or_else(|e| panic!("{} `{}` at {scale_name}: {e}", p.display(), v.name));
                 }
             }

@@ -473,3 +473,79 @@ pub fn write(dir: &Path, s: &Summary) -> anyhow::Result<Vec<PathBuf>> {
     )?;
     Ok(vec![md, json, ap, util, miou])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ablation::grid::Variant;
+
+    /// A finished run folder with made-up numbers: AP `ap` at the end (half of it at step 5),
+    /// Util^i and mIoU-L^i per layer, loss and times.
+    fn fake_run(dir: &Path, ap: f64, util: &[f64], miou: &[f64]) {
+        std::fs::create_dir_all(dir.join("layers")).unwrap();
+        let eval = |step: u64, ap: f64| {
+            serde_json::json!({"type": "eval", "step": step, "metric": "AP", "value": ap,
+                "evaluation": {"coco": {"stats": {"AP": ap / 100.0, "AP50": 0.5, "APl": -1.0}}}})
+        };
+        let train = serde_json::json!({"type": "train", "step": 10, "loss": 2.5});
+        let log = format!("{}\n{}\n{}\n", eval(5, ap / 2.0), train, eval(10, ap));
+        std::fs::write(dir.join("metrics.jsonl"), log).unwrap();
+        let layers = serde_json::json!([{"label": "x", "checkpoint": "c",
+            "metrics": {"util_last": util, "util_prev": util, "miou_l": miou}}]);
+        std::fs::write(dir.join("layers/layers.json"), layers.to_string()).unwrap();
+        let done = RunDone { variant: "x".into(), seed: 0, train_s: 30.0, layers_s: 2.0, resumed: false, threads: 1 };
+        std::fs::write(dir.join("done.json"), serde_json::to_string(&done).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn rows_hold_medians_ranges_and_paired_differences_by_hand() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = crate::config::load_embedded("tiny_mpformer.toml", &[]).unwrap();
+        let variant = |name: &str| Variant { name: name.into(), set: vec![], paper: None };
+        let grid = Grid {
+            name: "g".into(),
+            title: "t".into(),
+            description: String::new(),
+            base: PathBuf::new(),
+            variants: vec![variant("ref"), variant("new")],
+        };
+        // ref: AP 10, 20, 30; new: AP 12, 19, 35 → differences +2, −1, +5.
+        let mut plans = Vec::new();
+        for (v, aps) in [(0usize, [10.0, 20.0, 30.0]), (1, [12.0, 19.0, 35.0])] {
+            for (seed, ap) in aps.into_iter().enumerate() {
+                let dir = tmp.path().join(format!("{v}/{seed}"));
+                fake_run(&dir, ap, &[0.2, 0.4, 1.0], &[0.5, 0.7, 0.9]);
+                let name = grid.variants[v].name.clone();
+                plans.push(RunPlan { variant: v, name, seed: seed as u64, dir, config: cfg.clone() });
+            }
+        }
+        // One planned run that never finished.
+        let missing = tmp.path().join("1/3");
+        plans.push(RunPlan { variant: 1, name: "new".into(), seed: 3, dir: missing.clone(), config: cfg.clone() });
+
+        let s = summarise(&grid, &plans, "cpu", "flex", 99.0).unwrap();
+        assert_eq!(s.metric, "AP");
+        assert_eq!(s.columns, ["AP50"], "APl is −1 (nothing to score) everywhere: no column");
+        assert_eq!(s.missing, [missing.display().to_string()]);
+        let (r, n) = (&s.variants[0], &s.variants[1]);
+        assert_eq!(r.spread["AP"], Spread { median: 20.0, min: 10.0, max: 30.0 });
+        assert_eq!(n.spread["AP"], Spread { median: 19.0, min: 12.0, max: 35.0 });
+        let d = &n.delta["AP"];
+        assert_eq!((d.n, d.median, d.mean, d.wins, d.losses), (3, 2.0, 2.0, 2, 1));
+        assert_eq!(d.sign_p, 1.0);
+        // Util averages the layers before the last (0.2, 0.4 → 0.3); mIoU-L all of them (0.7).
+        assert!((n.spread["Util"].median - 0.3).abs() < 1e-12);
+        assert!((n.spread["mIoU-L"].median - 0.7).abs() < 1e-12);
+        assert_eq!(n.spread["loss"].median, 2.5);
+        assert_eq!(n.spread["wall_s"].median, 32.0);
+        assert_eq!(n.util_layers, [0.2, 0.4, 1.0]);
+        // AP vs step: median and range over the seeds at each evaluation.
+        assert_eq!(n.curve, [(5, 9.5, 6.0, 17.5), (10, 19.0, 12.0, 35.0)]);
+        let md = markdown(&s);
+        assert!(md.contains("| new | 19.00 (12.00–35.00) | +2.00 ["), "{md}");
+        assert!(md.contains("Highest median AP: **ref** (20.00)"), "{md}");
+        assert!(md.contains("Runs that did not finish"), "{md}");
+        let files = write(&tmp.path().join("out"), &s).unwrap();
+        assert!(files.iter().all(|f| f.exists()));
+    }
+}
