@@ -308,11 +308,12 @@ pub fn run(opts: &AblationOptions) -> anyhow::Result<Vec<PathBuf>> {
             state(p)?;
         }
     }
-    // A private copy of the program: rebuilding mpf-train during a long grid does not change the
-    // runs still to come.
+    // A private copy of the program (one per invocation, removed at the end): rebuilding mpf-train
+    // during a long grid does not change the runs still to come.
     let bin = opts.out.join(".bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
-    let exe = bin.join(opts.exe.file_name().unwrap_or_else(|| "mpf-train".as_ref()));
+    let name = opts.exe.file_name().map_or_else(|| "mpf-train".into(), |n| n.to_string_lossy().to_string());
+    let exe = bin.join(format!("{}-{name}", std::process::id()));
     std::fs::copy(&opts.exe, &exe)
         .with_context(|| format!("cannot copy {} to {}", opts.exe.display(), exe.display()))?;
 
@@ -384,6 +385,7 @@ pub fn run(opts: &AblationOptions) -> anyhow::Result<Vec<PathBuf>> {
         }
     });
     pb.finish_and_clear();
+    let _ = std::fs::remove_file(&exe);
     let failures = failures.into_inner().expect("failures");
     let mut written = Vec::new();
     for (g, ps) in &plans {
