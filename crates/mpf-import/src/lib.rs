@@ -5,7 +5,9 @@
 //! - Hugging Face transformers `Mask2FormerForUniversalSegmentation` with a ResNet backbone, from a
 //!   `.safetensors` state dict ([`hf_key`] is the key table);
 //! - torchvision ResNet weights into the backbone, from a `.pth` file read with Burn's store
-//!   ([`torchvision_key`]).
+//!   ([`torchvision_key`]);
+//! - a transformers `SwinBackbone` state dict into [`mpf_model::swin::SwinTransformer`]
+//!   ([`hf_swin_key`]; not yet part of a Mask2Former config).
 //!
 //! Every parameter of the mpf model must be found, every tensor in the file must be used (bar
 //! bookkeeping entries such as `num_batches_tracked`), and every shape must match, or the import
@@ -19,11 +21,13 @@
 mod hf;
 mod loader;
 mod store;
+mod swin;
 mod torchvision;
 
 pub use hf::hf_key;
 pub use loader::{ImportReport, Source, import, load_into, param_paths};
 pub use store::{HostTensor, TensorStore};
+pub use swin::{hf_swin_ignorable, hf_swin_key};
 pub use torchvision::torchvision_key;
 
 use std::path::PathBuf;

@@ -8,6 +8,7 @@
 //! | module | part | source |
 //! |---|---|---|
 //! | [`backbone`] | torchvision-style ResNet 18/34/50/101, frozen or trainable batch norm | He et al. 2016; torchvision |
+//! | [`swin`] | Swin Transformer backbone (window attention, shifted windows, patch merging); not yet selectable in [`model::Mask2FormerConfig`] | Liu et al. 2021; transformers' `SwinBackbone` |
 //! | [`position`] | normalised sine position encoding | DETR (Carion et al. 2020) |
 //! | [`deform_attn`] | multi-scale deformable attention (row-gather form; `grid_sample_2d` as reference) | Deformable DETR (Zhu et al. 2021) |
 //! | [`conv`] | convolutions (1×1 as products, im2col on the CPU under autodiff) and group norm | — |
@@ -39,6 +40,7 @@ pub mod position;
 pub mod postprocess;
 pub mod resize;
 pub mod rng;
+pub mod swin;
 pub mod testing;
 
 pub use decoder::{CrossAttentionRows, DecoderOutput, ExtraQueries, Prediction};
