@@ -474,6 +474,36 @@ mod tests {
         assert_eq!(bias[3 * 4], 8.0, "(1,1) vs (0,0): offset (1, 1)");
     }
 
+    /// Parameters of a module (float tensors).
+    fn count<M: burn::module::Module<B>>(m: &M) -> usize {
+        crate::model::param_shapes(m).iter().map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
+    #[test]
+    fn preset_parameter_counts_match_transformers_and_the_published_models() {
+        // transformers 5.23 `SwinBackbone` with the same settings (its unused final `layernorm`
+        // left out): 27,520,698 / 48,838,602 / 86,880,376 / 195,201,204.
+        let device = Default::default();
+        let presets = [
+            (SwinConfig::tiny(), 27_520_698usize),
+            (SwinConfig::small(), 48_838_602),
+            (SwinConfig::base(), 86_880_376),
+            (SwinConfig::large(), 195_201_204),
+        ];
+        for (cfg, expected) in &presets {
+            assert_eq!(count(&cfg.init::<B>(&device)), *expected, "{cfg:?}");
+        }
+        // As ImageNet classifiers (window 7, no per-stage norms, a final norm and a 1000-way head)
+        // Swin-T and Swin-S have the published 28M and 50M parameters (Liu et al. 2021, Table 1;
+        // 28,288,354 and 49,606,258 exactly in transformers' SwinForImageClassification).
+        for (cfg, published) in [(SwinConfig::tiny(), 28_288_354usize), (SwinConfig::small(), 49_606_258)] {
+            let c = cfg.embed_dim;
+            let stage_norms: usize = (0..4).map(|s| 2 * (c << s)).sum();
+            let classifier = count(&cfg.init::<B>(&device)) - stage_norms + 2 * 8 * c + 8 * c * 1000 + 1000;
+            assert_eq!(classifier, published);
+        }
+    }
+
     #[test]
     fn output_shapes_follow_the_strides_with_padding() {
         let cfg = SwinConfig::new()
