@@ -146,6 +146,7 @@ impl SwinConfig {
             stages,
             out_norms: self.out_channels().into_iter().map(|c| LayerNormConfig::new(c).init(device)).collect(),
             patch_size: self.patch_size,
+            window: self.window_size,
         }
     }
 }
@@ -185,22 +186,11 @@ impl<B: Backend> WindowAttention<B> {
         }
     }
 
-    /// `[heads, w², w²]`: the bias between every pair of positions of a window.
-    fn bias(&self) -> Tensor<B, 3> {
-        let w = self.window;
-        let n = w * w;
-        let index: Vec<i64> = (0..n)
-            .flat_map(|i| {
-                (0..n).map(move |j| {
-                    let (dy, dx) = ((i / w) as i64 - (j / w) as i64, (i % w) as i64 - (j % w) as i64);
-                    (dy + w as i64 - 1) * (2 * w as i64 - 1) + dx + w as i64 - 1
-                })
-            })
-            .collect();
-        let table = self.relative_position_bias_table.val();
-        let device = table.device();
-        let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n * n]), &device);
-        table.select(0, index).reshape([n, n, self.heads]).permute([2, 0, 1])
+    /// `[heads, w², w²]`: the bias between every pair of positions of a window; `index` from
+    /// [`relative_index`].
+    fn bias(&self, index: Tensor<B, 1, Int>) -> Tensor<B, 3> {
+        let n = self.window * self.window;
+        self.relative_position_bias_table.val().select(0, index).reshape([n, n, self.heads]).permute([2, 0, 1])
     }
 
     /// Attention inside each window.
@@ -208,15 +198,16 @@ impl<B: Backend> WindowAttention<B> {
     /// # Shapes
     /// - `x`: `[B·nW, w², C]` (windows of `B` images, `nW` per image)
     /// - `mask`: `[nW, w², w²]` additive (0 or −100), or none
+    /// - `index`: `[w⁴]`, the [`relative_index`] of the window
     /// - output: `[B·nW, w², C]`
-    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, mask: Option<Tensor<B, 3>>, index: Tensor<B, 1, Int>) -> Tensor<B, 3> {
         let [bw, n, c] = x.dims();
         let (h, hd) = (self.heads, c / self.heads);
         let split = |t: Tensor<B, 3>| t.reshape([bw, n, h, hd]).swap_dims(1, 2);
         let q = split(self.q_proj.forward(x.clone())).mul_scalar((hd as f64).powf(-0.5));
         let k = split(self.k_proj.forward(x.clone()));
         let v = split(self.v_proj.forward(x));
-        let mut scores = q.matmul(k.swap_dims(2, 3)) + self.bias().unsqueeze_dim::<4>(0);
+        let mut scores = q.matmul(k.swap_dims(2, 3)) + self.bias(index).unsqueeze_dim::<4>(0);
         if let Some(mask) = mask {
             let nw = mask.dims()[0];
             let per_image: Tensor<B, 5> = scores.reshape([bw / nw, nw, h, n, n]);
@@ -225,6 +216,21 @@ impl<B: Backend> WindowAttention<B> {
         let out = softmax(scores, 3).matmul(v).swap_dims(1, 2).reshape([bw, n, c]);
         self.o_proj.forward(out)
     }
+}
+
+/// `[w⁴]`: for every pair `(i, j)` of positions of a `w × w` window, the row of the bias table of
+/// their offset `(Δy, Δx)`, i.e. `(Δy + w − 1)·(2w − 1) + Δx + w − 1`.
+fn relative_index<B: Backend>(w: usize, device: &B::Device) -> Tensor<B, 1, Int> {
+    let n = w * w;
+    let index: Vec<i64> = (0..n)
+        .flat_map(|i| {
+            (0..n).map(move |j| {
+                let (dy, dx) = ((i / w) as i64 - (j / w) as i64, (i % w) as i64 - (j % w) as i64);
+                (dy + w as i64 - 1) * (2 * w as i64 - 1) + dx + w as i64 - 1
+            })
+        })
+        .collect();
+    Tensor::from_data(TensorData::new(index, [n * n]), device)
 }
 
 /// One Swin block: (shifted) window attention and an MLP, each pre-normed with a residual.
@@ -324,14 +330,16 @@ fn drop_path<B: Backend>(x: Tensor<B, 4>, p: f64) -> Tensor<B, 4> {
 impl<B: Backend> SwinBlock<B> {
     /// # Shapes
     /// - `x`: `[B, h, w, C]` → `[B, h, w, C]`
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// - `mask`: the stage's [`shift_mask`] (used by shifted blocks only)
+    /// - `index`: the [`relative_index`] of the window
+    pub fn forward(&self, x: Tensor<B, 4>, mask: &Tensor<B, 3>, index: &Tensor<B, 1, Int>) -> Tensor<B, 4> {
         let [b, h, w, c] = x.dims();
         let win = self.window;
         let y = pad_to(self.norm1.forward(x.clone()), win);
         let [_, hp, wp, _] = y.dims();
         let y = if self.shift > 0 { shift_up_left(y, self.shift) } else { y };
-        let mask = (self.shift > 0).then(|| shift_mask::<B>(hp, wp, win, self.shift, &y.device()));
-        let y = reverse(self.attn.forward(partition(y, win), mask), win, b, hp, wp);
+        let mask = (self.shift > 0).then(|| mask.clone());
+        let y = reverse(self.attn.forward(partition(y, win), mask, index.clone()), win, b, hp, wp);
         let y = if self.shift > 0 { shift_down_right(y, self.shift) } else { y };
         let y = if hp > h || wp > w { y.slice([0..b, 0..h, 0..w, 0..c]) } else { y };
         let x = x + drop_path(y, self.drop_path);
@@ -384,6 +392,7 @@ pub struct SwinTransformer<B: Backend> {
     /// Norm of each stage's output.
     pub out_norms: Vec<LayerNorm<B>>,
     patch_size: usize,
+    window: usize,
 }
 
 impl<B: Backend> SwinTransformer<B> {
@@ -404,9 +413,16 @@ impl<B: Backend> SwinTransformer<B> {
         };
         let mut x = self.embed_norm.forward(self.patch_embed.forward(images).permute([0, 2, 3, 1]));
         let mut outputs = Vec::with_capacity(self.stages.len());
+        let device = x.device();
+        // Every block of a stage shares the window, the padded size and so the shift mask; the
+        // relative-position index depends on the window only. Built once per forward.
+        let (win, shift) = (self.window, self.window / 2);
+        let index = relative_index::<B>(win, &device);
         for (stage, norm) in self.stages.iter().zip(&self.out_norms) {
+            let [_, h, w, _] = x.dims();
+            let mask = shift_mask::<B>(h.div_ceil(win) * win, w.div_ceil(win) * win, win, shift, &device);
             for block in &stage.blocks {
-                x = block.forward(x);
+                x = block.forward(x, &mask, &index);
             }
             outputs.push(norm.forward(x.clone()).permute([0, 3, 1, 2]));
             if let Some(down) = &stage.downsample {
@@ -466,7 +482,7 @@ mod tests {
         // Table entry k holds k: the bias of (i, j) names its offset's index.
         attn.relative_position_bias_table =
             burn::module::Param::from_tensor(Tensor::<B, 1, Int>::arange(0..9, &device).float().reshape([9, 1]));
-        let bias: Vec<f32> = attn.bias().into_data().to_vec().unwrap();
+        let bias: Vec<f32> = attn.bias(relative_index::<B>(2, &device)).into_data().to_vec().unwrap();
         // Positions (0,0),(0,1),(1,0),(1,1); offset (dy, dx) → (dy + 1)·3 + dx + 1.
         assert_eq!(bias[0], 4.0, "same position: offset (0, 0)");
         assert_eq!(bias[1], 3.0, "(0,0) vs (0,1): offset (0, −1)");

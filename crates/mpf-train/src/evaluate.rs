@@ -261,42 +261,36 @@ impl<B: Backend> Evaluator<B> for InstanceEvaluator {
 
 /// PQ through hotcoco's panopticapi port, plus mask AP over the thing classes.
 pub struct PanopticEvaluator {
-    cfg: ExperimentConfig,
+    /// Mask AP over the thing classes; also holds the config and the image ids.
     instances: InstanceEvaluator,
     builder: PanopticBuilder,
-    image_ids: Vec<u64>,
 }
 
 impl PanopticEvaluator {
     /// An evaluator for `data` under `cfg`.
     pub fn new(cfg: &ExperimentConfig, data: &dyn Dataset) -> Self {
-        Self {
-            cfg: cfg.clone(),
-            instances: InstanceEvaluator::new(cfg, data),
-            builder: PanopticBuilder::new(data.classes()),
-            image_ids: Vec::new(),
-        }
+        Self { instances: InstanceEvaluator::new(cfg, data), builder: PanopticBuilder::new(data.classes()) }
     }
 }
 
 impl<B: Backend> Evaluator<B> for PanopticEvaluator {
     fn add(&mut self, sample: &Sample, out: &ImageOutput<B>) -> anyhow::Result<()> {
-        self.image_ids.push(sample.id);
         self.builder.add_ground_truth(sample);
+        let cfg = &self.instances.cfg;
         let (cls, masks) = out.last();
-        let r = panoptic_inference(cls, masks, out.geometry, &self.cfg.test, &self.cfg.is_thing());
+        let r = panoptic_inference(cls, masks, out.geometry, &cfg.test, &cfg.is_thing());
         self.builder.add_prediction(sample.id, &r.segment_masks([sample.image.height, sample.image.width]));
         Evaluator::<B>::add(&mut self.instances, sample, out)
     }
 
     fn finish(self: Box<Self>) -> anyhow::Result<Scores> {
         let (mut gt_pan, pred) = self.builder.finish();
-        if self.cfg.data.format == Format::CocoPanoptic {
+        let (d, ids) = (&self.instances.cfg.data, &self.instances.image_ids);
+        if d.format == Format::CocoPanoptic {
             // The original files keep crowd segments, which the reader drops from targets.
-            let d = &self.cfg.data;
             gt_pan = pan::load(Path::new(&d.val_annotations), Some(Path::new(&d.val_panoptic)))?;
-            gt_pan.images.retain(|i| self.image_ids.contains(&i.id));
-            gt_pan.annotations.retain(|a| self.image_ids.contains(&a.image_id));
+            gt_pan.images.retain(|i| ids.contains(&i.id));
+            gt_pan.annotations.retain(|a| ids.contains(&a.image_id));
         }
         let panoptic = pan::evaluate(gt_pan, pred)?;
         let mut scores = Evaluator::<B>::finish(Box::new(self.instances))?;

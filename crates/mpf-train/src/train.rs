@@ -300,7 +300,6 @@ pub struct Trainer<B: Backend> {
     started: Instant,
     best: Option<(String, f64, u64)>,
     last_checkpoint: Option<PathBuf>,
-    last_eval: Option<(u64, Evaluation)>,
     _lock: RunLock,
 }
 
@@ -411,7 +410,6 @@ impl<B: Backend> Trainer<B> {
             window: (0.0, 0, Instant::now()),
             started: Instant::now(),
             best,
-            last_eval: None,
             _lock: lock,
         })
     }
@@ -516,17 +514,8 @@ impl<B: Backend> Trainer<B> {
     /// Scores the current model on the validation split (`train.eval_images` images), logs the
     /// result and, when it is the best so far, saves the model to `RUN/best/`.
     pub fn evaluate(&mut self) -> anyhow::Result<Evaluation> {
-        let inner = self.model().valid();
+        let (inner, ev) = self.score()?;
         let cfg = &self.cfg;
-        let ev = evaluate(
-            &inner.model,
-            cfg,
-            self.val_data.as_ref(),
-            &self.device,
-            &self.device_name,
-            cfg.train.eval_images,
-            false,
-        )?;
         let done = self.step;
         self.log.write(&eval_line(done, &ev))?;
         let (metric, value) = ev.primary();
@@ -538,8 +527,24 @@ impl<B: Backend> Trainer<B> {
             };
             checkpoint::save_swapped(&self.run_dir.join("best"), cfg, inner, &info)?;
         }
-        self.last_eval = Some((done, ev.clone()));
         Ok(ev)
+    }
+
+    /// The inference model and its evaluation on `train.eval_images` validation images, without
+    /// logging anything.
+    fn score(&self) -> anyhow::Result<(MpFormer<B>, Evaluation)> {
+        let inner = self.model().valid();
+        let cfg = &self.cfg;
+        let ev = evaluate(
+            &inner.model,
+            cfg,
+            self.val_data.as_ref(),
+            &self.device,
+            &self.device_name,
+            cfg.train.eval_images,
+            false,
+        )?;
+        Ok((inner, ev))
     }
 
     fn training_state(&self) -> TrainingState {
@@ -582,6 +587,7 @@ impl<B: Backend> Trainer<B> {
         let pb = crate::evaluate::progress(max_iter, progress, "train");
         pb.set_position(self.step);
         let t_start = Instant::now();
+        let mut final_eval = None;
         while self.step < max_iter {
             let r = self.step()?;
             pb.set_position(r.step);
@@ -597,6 +603,9 @@ impl<B: Backend> Trainer<B> {
                 for h in hooks.iter_mut() {
                     h.after_eval(&self, done, &ev)?;
                 }
+                if done == max_iter {
+                    final_eval = Some(ev);
+                }
             }
             if done.is_multiple_of(self.cfg.train.checkpoint_period) || done == max_iter {
                 self.checkpoint()?;
@@ -606,20 +615,10 @@ impl<B: Backend> Trainer<B> {
         let train_seconds = t_start.elapsed().as_secs_f64();
         // A run resumed at its end has not evaluated in this process; its log may already hold the
         // final evaluation (a kill after the last checkpoint), which is then not written twice.
-        let evaluation = match self.last_eval.take() {
-            Some((s, ev)) if s == max_iter => ev,
-            _ => {
-                let inner = self.model().valid();
-                let cfg = &self.cfg;
-                let ev = evaluate(
-                    &inner.model,
-                    cfg,
-                    self.val_data.as_ref(),
-                    &self.device,
-                    &self.device_name,
-                    cfg.train.eval_images,
-                    false,
-                )?;
+        let evaluation = match final_eval {
+            Some(ev) => ev,
+            None => {
+                let (_, ev) = self.score()?;
                 if !self.log.has_eval(max_iter) {
                     self.log.write(&eval_line(max_iter, &ev))?;
                 }

@@ -200,37 +200,38 @@ pub fn summarise(grid: &Grid, plans: &[RunPlan], scale: &str, device: &str, wall
             missing.push(p.dir.display().to_string());
         }
     }
-    let metric = runs
-        .iter()
-        .flat_map(|r| r.metrics.keys())
-        .find(|k| ["PQ", "AP", "mIoU"].contains(&k.as_str()))
-        .cloned()
-        .unwrap_or_else(|| "AP".into());
-    let metric = if runs.iter().any(|r| r.metrics.contains_key("PQ")) { "PQ".to_string() } else { metric };
+    let metric = ["PQ", "AP", "mIoU"]
+        .into_iter()
+        .find(|m| runs.iter().any(|r| r.metrics.contains_key(*m)))
+        .unwrap_or("AP")
+        .to_string();
     let columns: Vec<String> = COCO_COLUMNS
         .iter()
         .map(|s| s.to_string())
         .filter(|c| *c != metric && runs.iter().any(|r| r.metrics.contains_key(c)))
         .collect();
-    let by_variant = |name: &str| runs.iter().filter(|r| r.variant == name).collect::<Vec<_>>();
-    let reference = grid.variants.first().map(|v| by_variant(&v.name)).unwrap_or_default();
+    // Every per-run scalar, once: (variant, seed, values by key).
+    let values: Vec<(&str, u64, BTreeMap<String, f64>)> =
+        runs.iter().map(|r| (r.variant.as_str(), r.seed, scalars(r))).collect();
+    let of = |name: &str, key: &str| -> Vec<(u64, f64)> {
+        values.iter().filter(|v| v.0 == name).filter_map(|v| v.2.get(key).map(|&x| (v.1, x))).collect()
+    };
+    let reference = grid.variants.first().map_or("", |v| v.name.as_str());
     let variants = grid
         .variants
         .iter()
         .map(|v| {
-            let rs = by_variant(&v.name);
-            let keys: Vec<String> = rs.iter().flat_map(|r| scalars(r).into_keys()).collect();
+            let rs: Vec<&RunResult> = runs.iter().filter(|r| r.variant == v.name).collect();
+            let keys: std::collections::BTreeSet<&String> =
+                values.iter().filter(|x| x.0 == v.name).flat_map(|x| x.2.keys()).collect();
             let mut spread = BTreeMap::new();
             let mut delta = BTreeMap::new();
             for k in keys {
-                let of = |set: &[&RunResult]| -> Vec<(u64, f64)> {
-                    set.iter().filter_map(|r| scalars(r).get(&k).map(|&x| (r.seed, x))).collect()
-                };
-                let mine = of(&rs);
+                let mine = of(&v.name, k);
                 if let Some(s) = Spread::of(&mine.iter().map(|x| x.1).collect::<Vec<_>>()) {
                     spread.insert(k.clone(), s);
                 }
-                if let Some(d) = paired(&of(&reference), &mine) {
+                if let Some(d) = paired(&of(reference, k), &mine) {
                     delta.insert(k.clone(), d);
                 }
             }
@@ -421,8 +422,8 @@ pub fn headline(s: &Summary) -> String {
             "  {:<28} {m} {:<22} Util {:<8} mIoU-L {}\n",
             v.name,
             cell(v.spread.get(m), 2),
-            cell(v.spread.get("Util").map(|x| Spread { min: x.median, max: x.median, ..*x }).as_ref(), 3),
-            cell(v.spread.get("mIoU-L").map(|x| Spread { min: x.median, max: x.median, ..*x }).as_ref(), 3),
+            v.spread.get("Util").map_or("–".into(), |x| format!("{:.3}", x.median)),
+            v.spread.get("mIoU-L").map_or("–".into(), |x| format!("{:.3}", x.median)),
         );
     }
     out + &verdict(s)
@@ -455,23 +456,17 @@ pub fn write(dir: &Path, s: &Summary) -> anyhow::Result<Vec<PathBuf>> {
             })
             .collect()
     };
-    let util = dir.join("util.png");
-    line_plot(
-        &util,
-        &format!("{}: Util^i (median over seeds)", s.grid),
-        "decoder layer i",
-        "Util^i",
-        &per_layer(|v| &v.util_layers),
-    )?;
-    let miou = dir.join("miou_l.png");
-    line_plot(
-        &miou,
-        &format!("{}: mIoU-L^i (median over seeds)", s.grid),
-        "decoder layer i",
-        "mIoU-L^i",
-        &per_layer(|v| &v.miou_l_layers),
-    )?;
-    Ok(vec![md, json, ap, util, miou])
+    let mut files = vec![md, json, ap];
+    for (file, what, pick) in [
+        ("util.png", "Util^i", (|v: &VariantRow| &v.util_layers) as fn(&VariantRow) -> &Vec<f64>),
+        ("miou_l.png", "mIoU-L^i", |v: &VariantRow| &v.miou_l_layers),
+    ] {
+        let path = dir.join(file);
+        let title = format!("{}: {what} (median over seeds)", s.grid);
+        line_plot(&path, &title, "decoder layer i", what, &per_layer(pick))?;
+        files.push(path);
+    }
+    Ok(files)
 }
 
 #[cfg(test)]
