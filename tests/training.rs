@@ -58,8 +58,14 @@ fn train(
     out: &Path,
     resume: Option<&Path>,
 ) -> anyhow::Result<mpformer::train::train::TrainReport> {
-    TrainTask { config: cfg, output: out.to_path_buf(), resume: resume.map(Path::to_path_buf), progress: false }
-        .run::<Flex>(FlexDevice, "flex")
+    TrainTask {
+        config: cfg,
+        output: out.to_path_buf(),
+        resume: resume.map(Path::to_path_buf),
+        init: None,
+        progress: false,
+    }
+    .run::<Flex>(FlexDevice, "flex")
 }
 
 fn weights(dir: &Path, cfg: &ExperimentConfig) -> Vec<Vec<f32>> {
@@ -248,7 +254,13 @@ impl TrainHook<Flex> for Recorder {
 fn a_trainer_driven_step_by_step_equals_run_and_hooks_see_every_step() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = micro(&["solver.max_iter=6", "train.eval_period=3", "train.checkpoint_period=3"]);
-    let task = |out: &Path| TrainTask { config: cfg.clone(), output: out.to_path_buf(), resume: None, progress: false };
+    let task = |out: &Path| TrainTask {
+        config: cfg.clone(),
+        output: out.to_path_buf(),
+        resume: None,
+        init: None,
+        progress: false,
+    };
 
     // By hand: six steps, a checkpoint at the end.
     let by_hand = dir.path().join("by_hand");
@@ -331,6 +343,59 @@ fn parameter_groups_follow_the_recipe() {
     );
 }
 
+/// A tiny Swin backbone (window 4, 1-1-2-1 blocks) for the micro config.
+const MICRO_SWIN: [&str; 5] = [
+    "model.backbone.kind=\"swin\"",
+    "model.backbone.swin.embed_dim=8",
+    "model.backbone.swin.depths=[1, 1, 2, 1]",
+    "model.backbone.swin.num_heads=[1, 2, 2, 4]",
+    "model.backbone.swin.window_size=4",
+];
+
+#[test]
+fn swin_with_drop_path_resumes_exactly() {
+    // Stochastic depth draws per step; a resumed run must draw the same masks.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("straight"), dir.path().join("resumed"));
+    let mut sets = MICRO_SWIN.to_vec();
+    sets.extend(["model.backbone.swin.drop_path_rate=0.5", "train.checkpoint_period=3", "solver.accumulate=1"]);
+    let six = micro(&[sets.as_slice(), &["solver.max_iter=6"]].concat());
+    train(six.clone(), &a, None).unwrap();
+    train(micro(&[sets.as_slice(), &["solver.max_iter=3"]].concat()), &b, None).unwrap();
+    train(six.clone(), &b, Some(&b)).unwrap();
+    let (wa, wb) =
+        (weights(&a.join("checkpoints/step_00000006"), &six), weights(&b.join("checkpoints/step_00000006"), &six));
+    assert!(wa == wb, "resumed Swin weights differ from the uninterrupted run");
+    // And drop path acts at all: without it (same data and noise) the weights differ.
+    let c = dir.path().join("no_drop");
+    let no_drop = micro(&[sets.as_slice(), &["solver.max_iter=6", "model.backbone.swin.drop_path_rate=0.0"]].concat());
+    train(no_drop.clone(), &c, None).unwrap();
+    assert!(weights(&c.join("checkpoints/step_00000006"), &no_drop) != wa, "drop path had no effect");
+}
+
+#[test]
+fn swin_relative_position_tables_never_decay() {
+    type AD = Autodiff<Flex>;
+    let mut swin = MICRO_SWIN.to_vec();
+    swin.push("solver.weight_decay_embed=0.5");
+    let cfg = micro(&swin);
+    let model = MpFormer::<AD>::new(cfg.model.init::<AD>(&FlexDevice).unwrap(), &cfg.pilot, &FlexDevice);
+    let groups = param_groups(&model, &cfg.solver);
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["backbone/norm", "backbone/position", "backbone/weight", "head/embedding", "head/norm", "head/weight"]
+    );
+    let pos = groups.iter().find(|g| g.name == "backbone/position").unwrap();
+    // One (2·4 − 1)² × heads table per block: 49·(1 + 2 + 2·2 + 4).
+    assert_eq!(pos.numel, 49 * (1 + 2 + 2 * 2 + 4));
+    assert_eq!((pos.weight_decay, pos.lr_multiplier), (0.0, cfg.solver.backbone_multiplier));
+    let norm = groups.iter().find(|g| g.name == "backbone/norm").unwrap();
+    assert_eq!(norm.weight_decay, cfg.solver.weight_decay_norm, "Swin's layer norms are norms");
+    let total: usize = groups.iter().map(|g| g.numel).sum();
+    assert_eq!(total, mpformer::model::model::trainable_params(&model));
+}
+
 #[test]
 fn clipping_bounds_the_global_norm_of_all_gradients() {
     type AD = Autodiff<Flex>;
@@ -367,7 +432,7 @@ fn trains_on_wgpu() {
         "train.checkpoint_period=2",
         "train.eval_images=1",
     ]);
-    let r = TrainTask { config: cfg, output: dir.path().to_path_buf(), resume: None, progress: false }
+    let r = TrainTask { config: cfg, output: dir.path().to_path_buf(), resume: None, init: None, progress: false }
         .run::<Wgpu>(WgpuDevice::default(), "wgpu")
         .unwrap();
     assert_eq!(r.final_step, 2);

@@ -1,5 +1,6 @@
-//! torchvision-style ResNet backbone: stride in the 3×3 conv, outputs `res2..res5` at
-//! strides 4/8/16/32, frozen batch norm by default.
+//! Backbones: the torchvision-style ResNet (stride in the 3×3 conv, outputs `res2..res5` at
+//! strides 4/8/16/32, frozen batch norm by default) and, through [`BackboneConfig`], the Swin
+//! Transformer of [`crate::swin`].
 
 use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::ModelError;
 use crate::conv::{ConvGeometry, conv_forward, conv2d_with};
 use crate::init::c2_msra;
+use crate::swin::{SwinConfig, SwinTransformer};
 
 /// Normalisation used after every backbone conv.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +24,124 @@ pub enum NormKind {
     FrozenBn,
     /// Trainable batch norm with running statistics (Cityscapes uses SyncBN; on one device this is it).
     Bn,
+}
+
+/// Which network produces the four feature maps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackboneKind {
+    /// [`ResNet`], configured by `depth`, `width` and `norm`.
+    Resnet,
+    /// [`SwinTransformer`], configured by the `swin` table.
+    Swin,
+}
+
+/// The `[model.backbone]` table: the kind, the ResNet keys (used when `kind = "resnet"`, the
+/// default) and the `[model.backbone.swin]` table (used when `kind = "swin"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackboneConfig {
+    /// `resnet` or `swin`.
+    pub kind: BackboneKind,
+    /// ResNet depth: 18 or 34 (basic blocks), 50 or 101 (bottleneck blocks).
+    pub depth: usize,
+    /// ResNet stem / first-stage width (64 in torchvision).
+    pub width: usize,
+    /// ResNet normalisation layers.
+    pub norm: NormKind,
+    /// Swin Transformer sizes (defaults: Swin-T).
+    pub swin: SwinConfig,
+}
+
+impl Default for BackboneConfig {
+    fn default() -> Self {
+        ResNetConfig::new().into()
+    }
+}
+
+impl From<ResNetConfig> for BackboneConfig {
+    fn from(r: ResNetConfig) -> Self {
+        Self { kind: BackboneKind::Resnet, depth: r.depth, width: r.width, norm: r.norm, swin: SwinConfig::new() }
+    }
+}
+
+impl From<SwinConfig> for BackboneConfig {
+    fn from(swin: SwinConfig) -> Self {
+        Self { kind: BackboneKind::Swin, swin, ..ResNetConfig::new().into() }
+    }
+}
+
+impl BackboneConfig {
+    /// The ResNet part of the table.
+    pub fn resnet(&self) -> ResNetConfig {
+        ResNetConfig { depth: self.depth, width: self.width, norm: self.norm }
+    }
+
+    /// Checks the keys of the selected kind, naming them; Swin must have the four stages the pixel
+    /// decoder reads.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        match self.kind {
+            BackboneKind::Resnet => self.resnet().layout().map(|_| ()),
+            BackboneKind::Swin => {
+                let bad = |reason: String| ModelError::InvalidConfig { key: "model.backbone.swin".into(), reason };
+                self.swin.validate().map_err(bad)?;
+                if self.swin.depths.len() != 4 {
+                    return Err(bad(format!(
+                        "`depths` has {} stages; the pixel decoder reads 4",
+                        self.swin.depths.len()
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Channels of the four outputs (strides 4, 8, 16, 32).
+    pub fn out_channels(&self) -> Result<[usize; 4], ModelError> {
+        self.validate()?;
+        match self.kind {
+            BackboneKind::Resnet => self.resnet().out_channels(),
+            BackboneKind::Swin => {
+                let c = self.swin.embed_dim;
+                Ok([c, 2 * c, 4 * c, 8 * c])
+            }
+        }
+    }
+
+    /// Initialises the selected backbone on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Backbone<B>, ModelError> {
+        self.validate()?;
+        Ok(match self.kind {
+            BackboneKind::Resnet => Backbone::ResNet(self.resnet().init(device)?),
+            BackboneKind::Swin => Backbone::Swin(self.swin.init(device)),
+        })
+    }
+}
+
+/// The backbone of a [`crate::Mask2Former`]. Parameter paths leave the variant out
+/// (`backbone.conv1.weight`, `backbone.stages.0.blocks.0.attn.q_proj.weight`).
+#[derive(Module, Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Backbone<B: Backend> {
+    /// ResNet.
+    ResNet(ResNet<B>),
+    /// Swin Transformer.
+    Swin(SwinTransformer<B>),
+}
+
+impl<B: Backend> Backbone<B> {
+    /// # Shapes
+    /// - `x`: `[B, 3, H, W]` (normalised), H and W multiples of 32
+    /// - output: see [`BackboneFeatures`]
+    pub fn forward(&self, x: Tensor<B, 4>) -> BackboneFeatures<B> {
+        match self {
+            Backbone::ResNet(net) => net.forward(x),
+            Backbone::Swin(net) => {
+                let mut it = net.forward(x).into_iter();
+                let mut next = || it.next().expect("a validated Swin config has four stages");
+                BackboneFeatures { res2: next(), res3: next(), res4: next(), res5: next() }
+            }
+        }
+    }
 }
 
 /// Configuration of [`ResNet`].

@@ -8,14 +8,16 @@
 use serde::Serialize;
 
 use crate::ModelError;
+use crate::backbone::{BackboneKind, ResNetConfig};
 use crate::model::Mask2FormerConfig;
+use crate::swin::SwinConfig;
 
 /// FLOPs (MACs) per part.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct FlopsEstimate {
     /// Input size `[H, W]` after padding to the size divisibility.
     pub input: [usize; 2],
-    /// ResNet backbone.
+    /// Backbone (ResNet or Swin).
     pub backbone: f64,
     /// Pixel decoder (projections, deformable encoder, FPN level, mask features).
     pub pixel_decoder: f64,
@@ -34,20 +36,14 @@ fn conv(cin: usize, cout: usize, k: usize, out_hw: usize) -> f64 {
     (cin * cout * k * k) as f64 * out_hw as f64
 }
 
-/// Estimates inference FLOPs for one image of `height × width` (padded up to a multiple of 32).
-pub fn estimate(cfg: &Mask2FormerConfig, height: usize, width: usize) -> Result<FlopsEstimate, ModelError> {
-    cfg.validate()?;
-    let (h, w) = (height.div_ceil(32) * 32, width.div_ceil(32) * 32);
-    let hw = |s: usize| (h / s) * (w / s);
-
-    // Backbone.
-    let bb = &cfg.backbone;
-    let (blocks, bottleneck) = bb.layout()?;
+/// ResNet MACs; `hw(s)` is the number of positions at stride `s`.
+fn resnet(r: &ResNetConfig, hw: impl Fn(usize) -> usize) -> Result<f64, ModelError> {
+    let (blocks, bottleneck) = r.layout()?;
     let e = if bottleneck { 4 } else { 1 };
-    let mut backbone = conv(3, bb.width, 7, hw(2));
-    let mut cin = bb.width;
+    let mut backbone = conv(3, r.width, 7, hw(2));
+    let mut cin = r.width;
     for (i, &n) in blocks.iter().enumerate() {
-        let planes = bb.width << i;
+        let planes = r.width << i;
         let out_stride = 4 << i;
         for j in 0..n {
             let in_stride = if j == 0 && i > 0 { out_stride / 2 } else { out_stride };
@@ -66,6 +62,42 @@ pub fn estimate(cfg: &Mask2FormerConfig, height: usize, width: usize) -> Result<
             cin = cout;
         }
     }
+    Ok(backbone)
+}
+
+/// Swin MACs at an `h × w` input: the patch embedding; per block the q/k/v and output projections
+/// and the two window matmuls on the window-padded map, and the MLP; patch merging.
+fn swin(c: &SwinConfig, h: usize, w: usize) -> f64 {
+    let win = c.window_size;
+    let (mut th, mut tw) = (h.div_ceil(c.patch_size), w.div_ceil(c.patch_size));
+    let mut macs = conv(3, c.embed_dim, c.patch_size, th * tw);
+    for (s, &depth) in c.depths.iter().enumerate() {
+        let ch = (c.embed_dim << s) as f64;
+        let tokens = (th * tw) as f64;
+        let padded = (th.div_ceil(win) * win * tw.div_ceil(win) * win) as f64;
+        let hidden = (c.mlp_ratio * ch).floor();
+        let block = padded * (4.0 * ch * ch + 2.0 * (win * win) as f64 * ch) + tokens * 2.0 * ch * hidden;
+        macs += block * depth as f64;
+        if s + 1 < c.depths.len() {
+            (th, tw) = (th.div_ceil(2), tw.div_ceil(2));
+            macs += (th * tw) as f64 * 4.0 * ch * 2.0 * ch;
+        }
+    }
+    macs
+}
+
+/// Estimates inference FLOPs for one image of `height × width` (padded up to a multiple of 32).
+pub fn estimate(cfg: &Mask2FormerConfig, height: usize, width: usize) -> Result<FlopsEstimate, ModelError> {
+    cfg.validate()?;
+    let (h, w) = (height.div_ceil(32) * 32, width.div_ceil(32) * 32);
+    let hw = |s: usize| (h / s) * (w / s);
+
+    // Backbone.
+    let bb = &cfg.backbone;
+    let backbone = match bb.kind {
+        BackboneKind::Resnet => resnet(&bb.resnet(), hw)?,
+        BackboneKind::Swin => swin(&bb.swin, h, w),
+    };
 
     // Pixel decoder.
     let ch = bb.out_channels()?;
@@ -113,10 +145,20 @@ mod tests {
     fn resnet50_backbone_matches_known_count() {
         // torchvision ResNet-50 is 4.09 GMACs at 224×224 including the 2.05 MMAC fc layer; the
         // backbone here has no fc. 224 is not a multiple of 32·2 for every stage, so use 224 = 7·32.
-        let cfg = Mask2FormerConfig::new().with_backbone(ResNetConfig::new());
+        let cfg = Mask2FormerConfig::new().with_backbone(ResNetConfig::new().into());
         let f = estimate(&cfg, 224, 224).unwrap();
         let g = f.backbone / 1e9;
         assert!((g - (4.089 - 0.002)).abs() < 0.02, "{g}");
+    }
+
+    #[test]
+    fn swin_t_and_s_match_the_published_imagenet_flops() {
+        // Liu et al. 2021, Table 1: Swin-T 4.5G, Swin-S 8.7G FLOPs at 224×224 (window 7); the
+        // classifier (768·1000 MACs) is not part of the backbone.
+        for (cfg, published) in [(SwinConfig::tiny(), 4.5), (SwinConfig::small(), 8.7)] {
+            let g = swin(&cfg, 224, 224) / 1e9;
+            assert!((g - published).abs() < 0.1, "{g} vs {published}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
-use crate::backbone::{ResNet, ResNetConfig};
+use crate::backbone::{Backbone, BackboneConfig, BackboneKind};
 use crate::decoder::{DecoderOutput, ExtraQueries, TransformerDecoder, TransformerDecoderConfig};
 use crate::pixel_decoder::{PixelDecoder, PixelDecoderConfig, PixelDecoderOutput};
 
@@ -57,9 +57,9 @@ pub struct Mask2FormerConfig {
     /// Number of real classes `K`.
     #[config(default = 80)]
     pub num_classes: usize,
-    /// Backbone.
-    #[config(default = "ResNetConfig::new()")]
-    pub backbone: ResNetConfig,
+    /// Backbone (ResNet-50 by default).
+    #[config(default = "BackboneConfig::default()")]
+    pub backbone: BackboneConfig,
     /// Pixel decoder.
     #[config(default = "PixelDecoderConfig::new()")]
     pub pixel_decoder: PixelDecoderConfig,
@@ -76,12 +76,12 @@ impl Mask2FormerConfig {
     /// to the sine position encoding are even.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |key: &str, reason: String| Err(ModelError::InvalidConfig { key: key.into(), reason });
-        self.backbone.layout()?;
+        self.backbone.validate()?;
         let pd = &self.pixel_decoder;
         let dec = &self.decoder;
         let sizes = [
             ("model.num_classes", self.num_classes),
-            ("model.backbone.width", self.backbone.width),
+            ("model.backbone.width", if self.backbone.kind == BackboneKind::Resnet { self.backbone.width } else { 1 }),
             ("model.pixel_decoder.conv_dim", pd.conv_dim),
             ("model.pixel_decoder.mask_dim", pd.mask_dim),
             ("model.pixel_decoder.num_heads", pd.num_heads),
@@ -148,8 +148,8 @@ impl Mask2FormerConfig {
 /// Mask2Former (and MP-Former at inference, which is the same network).
 #[derive(Module, Debug)]
 pub struct Mask2Former<B: Backend> {
-    /// ResNet backbone.
-    pub backbone: ResNet<B>,
+    /// ResNet or Swin backbone.
+    pub backbone: Backbone<B>,
     /// MSDeformAttn pixel decoder.
     pub pixel_decoder: PixelDecoder<B>,
     /// Masked-attention transformer decoder with heads.
@@ -349,6 +349,31 @@ impl<B: Backend> ImageBatch<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backbone::{BackboneConfig, ResNetConfig};
+
+    /// 2 classes, an 8-wide pixel decoder and decoder (2 layers, 3 queries) on `backbone`.
+    fn tiny(backbone: BackboneConfig) -> Mask2FormerConfig {
+        Mask2FormerConfig::new()
+            .with_num_classes(2)
+            .with_backbone(backbone)
+            .with_pixel_decoder(
+                PixelDecoderConfig::new()
+                    .with_conv_dim(8)
+                    .with_mask_dim(8)
+                    .with_num_heads(2)
+                    .with_encoder_layers(1)
+                    .with_ffn_dim(8)
+                    .with_gn_groups(2),
+            )
+            .with_decoder(
+                TransformerDecoderConfig::new()
+                    .with_hidden_dim(8)
+                    .with_num_queries(3)
+                    .with_num_heads(2)
+                    .with_ffn_dim(8)
+                    .with_num_layers(2),
+            )
+    }
 
     #[test]
     fn joining_parameter_graphs_leaves_gradients_unchanged() {
@@ -393,26 +418,7 @@ mod tests {
     #[test]
     fn clones_and_records_carry_the_initialised_weights() {
         let device = Default::default();
-        let cfg = Mask2FormerConfig::new()
-            .with_num_classes(2)
-            .with_backbone(ResNetConfig::new().with_depth(18).with_width(2))
-            .with_pixel_decoder(
-                PixelDecoderConfig::new()
-                    .with_conv_dim(8)
-                    .with_mask_dim(8)
-                    .with_num_heads(2)
-                    .with_encoder_layers(1)
-                    .with_ffn_dim(8)
-                    .with_gn_groups(2),
-            )
-            .with_decoder(
-                TransformerDecoderConfig::new()
-                    .with_hidden_dim(8)
-                    .with_num_queries(3)
-                    .with_num_heads(2)
-                    .with_ffn_dim(8)
-                    .with_num_layers(2),
-            );
+        let cfg = tiny(ResNetConfig::new().with_depth(18).with_width(2).into());
         TestBackend::seed(&device, 9);
         let model = cfg.init::<TestBackend>(&device).unwrap();
         let copy = model.clone();
@@ -422,8 +428,32 @@ mod tests {
         let again = cfg.init::<TestBackend>(&device).unwrap();
         // Touch the decoder before the backbone: values do not depend on access order.
         assert_eq!(v(&again), v(&model));
-        let w = |m: &Mask2Former<TestBackend>| m.backbone.conv1.weight.val().into_data().to_vec::<f32>().unwrap();
+        let w = |m: &Mask2Former<TestBackend>| match &m.backbone {
+            crate::backbone::Backbone::ResNet(r) => r.conv1.weight.val().into_data().to_vec::<f32>().unwrap(),
+            crate::backbone::Backbone::Swin(_) => unreachable!("the config builds a ResNet"),
+        };
         assert_eq!(w(&again), w(&model));
+    }
+
+    #[test]
+    fn swin_backbone_feeds_the_pixel_decoder() {
+        let device = Default::default();
+        let swin = crate::swin::SwinConfig::new()
+            .with_embed_dim(8)
+            .with_depths(vec![1, 1, 1, 1])
+            .with_num_heads(vec![1, 2, 2, 4]);
+        let cfg = tiny(swin.into());
+        assert_eq!(cfg.backbone.out_channels().unwrap(), [8, 16, 32, 64]);
+        let model = cfg.init::<TestBackend>(&device).unwrap();
+        assert!(matches!(model.backbone, Backbone::Swin(_)));
+        let out = model.forward(Tensor::zeros([1, 3, 64, 96], &device));
+        let last = out.predictions.last().unwrap();
+        assert_eq!(last.mask_logits.dims(), [1, 3, 16, 24]);
+        let mut three = cfg.clone();
+        three.backbone.swin.depths = vec![1, 1, 1];
+        three.backbone.swin.num_heads = vec![1, 2, 2];
+        let err = three.validate().unwrap_err().to_string();
+        assert!(err.contains("model.backbone.swin") && err.contains("4"), "{err}");
     }
 
     #[test]
@@ -443,7 +473,7 @@ mod tests {
             (Mask2FormerConfig::new().with_pixel_decoder(pd().with_ffn_dim(0)), "model.pixel_decoder.ffn_dim"),
             (Mask2FormerConfig::new().with_pixel_decoder(pd().with_num_points(0)), "model.pixel_decoder.num_points"),
             (Mask2FormerConfig::new().with_pixel_decoder(pd().with_mask_dim(0)), "model.pixel_decoder.mask_dim"),
-            (Mask2FormerConfig::new().with_backbone(ResNetConfig::new().with_width(0)), "model.backbone.width"),
+            (Mask2FormerConfig::new().with_backbone(ResNetConfig::new().with_width(0).into()), "model.backbone.width"),
             (Mask2FormerConfig::new().with_decoder(dec().with_num_queries(4_000_000_000)), "model.decoder.num_queries"),
             (Mask2FormerConfig::new().with_pixel_decoder(pd().with_conv_dim(30)), "model.pixel_decoder.gn_groups"),
         ];

@@ -20,6 +20,8 @@ pub enum Stream {
     Augmentation = 5,
     /// Data order (shuffling).
     DataOrder = 6,
+    /// The backend generator during a training step (Swin's stochastic depth draws from it).
+    BackendSeed = 7,
 }
 
 /// The generator of `purpose` at `step` of a run seeded `seed`.

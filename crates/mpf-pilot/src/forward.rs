@@ -318,7 +318,7 @@ mod tests {
         Flex::seed(&device, 0);
         Mask2FormerConfig::new()
             .with_num_classes(3)
-            .with_backbone(ResNetConfig::new().with_depth(18).with_width(4))
+            .with_backbone(ResNetConfig::new().with_depth(18).with_width(4).into())
             .with_pixel_decoder(
                 PixelDecoderConfig::new()
                     .with_conv_dim(16)

@@ -78,7 +78,7 @@ impl Default for ExperimentConfig {
             class_names: Vec::new(),
             thing_classes: Vec::new(),
             model: Mask2FormerConfig::new()
-                .with_backbone(ResNetConfig::new())
+                .with_backbone(ResNetConfig::new().into())
                 .with_pixel_decoder(PixelDecoderConfig::new())
                 .with_decoder(TransformerDecoderConfig::new()),
             input: InputConfig::default(),

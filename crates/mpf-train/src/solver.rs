@@ -143,6 +143,9 @@ pub enum ParamKind {
     Norm,
     /// Embedding tables.
     Embedding,
+    /// Swin's relative-position bias tables: no weight decay, whatever the config (Mask2Former's
+    /// `build_optimizer` zeroes it for `relative_position_bias_table` and `absolute_pos_embed`).
+    Position,
 }
 
 /// A set of parameters sharing a learning-rate multiplier and a weight decay.
@@ -188,6 +191,8 @@ pub fn param_groups<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, cfg: &S
             let (field, owner) = self.stack.last().map(|(n, t)| (n.as_str(), t.as_str())).unwrap_or(("", ""));
             let kind = if self.stack.iter().any(|(_, t)| NORMS.contains(&t.as_str())) {
                 ParamKind::Norm
+            } else if owner == "Struct:WindowAttention" && field == "relative_position_bias_table" {
+                ParamKind::Position
             } else if owner == "Struct:LabelEmbedding"
                 || (owner == "Struct:TransformerDecoder" && DECODER_EMBEDDINGS.contains(&field))
             {
@@ -209,6 +214,7 @@ pub fn param_groups<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, cfg: &S
                 ParamKind::Weight => "weight",
                 ParamKind::Norm => "norm",
                 ParamKind::Embedding => "embedding",
+                ParamKind::Position => "position",
             }
         );
         let g = match groups.iter_mut().position(|g| g.name == name) {
@@ -221,6 +227,7 @@ pub fn param_groups<B: AutodiffBackend, M: AutodiffModule<B>>(model: &M, cfg: &S
                         ParamKind::Weight => cfg.weight_decay,
                         ParamKind::Norm => cfg.weight_decay_norm,
                         ParamKind::Embedding => cfg.weight_decay_embed,
+                        ParamKind::Position => 0.0,
                     },
                     ids: Vec::new(),
                     numel: 0,

@@ -32,7 +32,9 @@ use burn::prelude::*;
 use mpf_criterion::{Criterion, CriterionStreams};
 use mpf_data::config::{Split, training_indices};
 use mpf_data::loader::{Loader, plan};
+use mpf_model::rng::{Stream, stream};
 use mpf_pilot::forward::{GtObjects, MpFormer, PilotStreams};
+use rand::Rng;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointInfo, TrainingState};
@@ -52,6 +54,10 @@ pub struct TrainTask {
     pub output: PathBuf,
     /// A checkpoint folder (or a run folder: its latest checkpoint) to continue from.
     pub resume: Option<PathBuf>,
+    /// A checkpoint folder whose weights start the run at step 0 with fresh optimiser states, e.g.
+    /// released weights brought in by `import` to fine-tune. Its architecture must be the
+    /// config's; MP-Former's label embedding is taken when both have the pilot on.
+    pub init: Option<PathBuf>,
     /// Show progress bars.
     pub progress: bool,
 }
@@ -344,6 +350,23 @@ impl<B: Backend> Trainer<B> {
         let mut optims = optimizers::<B>(&cfg, &groups);
         let group_names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
         let (mut start, mut best) = (0, None);
+        if let Some(init) = &task.init {
+            if task.resume.is_some() {
+                bail!("--init starts a new run from a checkpoint's weights; it cannot be combined with --resume");
+            }
+            let dir = find_checkpoint(init)?;
+            let theirs = checkpoint::config_of(&dir, &[])?;
+            let mut load_cfg = cfg.clone();
+            load_cfg.pilot = theirs.pilot;
+            let loaded = checkpoint::load::<Autodiff<B>>(&dir, &load_cfg, &device)?;
+            model.model = loaded.model;
+            if loaded.label_enc.is_some() && model.label_enc.is_some() {
+                model.label_enc = loaded.label_enc;
+            }
+            groups = param_groups(&model, &cfg.solver);
+            optims = optimizers::<B>(&cfg, &groups);
+            tracing::info!("initialised from the weights of {}", dir.display());
+        }
         if let Some(resume) = &task.resume {
             let dir = find_checkpoint(resume)?;
             let info = checkpoint::read_info(&dir)?;
@@ -451,6 +474,9 @@ impl<B: Backend> Trainer<B> {
             let batch = self.batches.next().context("the data loader ended early")??;
             let images = batch.images_tensor::<Autodiff<B>>(&cfg.input, &self.device)?;
             let gt = targets(&batch);
+            // What the model draws from the backend's own generator (Swin's drop-path masks) is
+            // keyed by (seed, step) too, so a resumed run draws what an uninterrupted one would.
+            Autodiff::<B>::seed(&self.device, stream(cfg.seed, Stream::BackendSeed, index).random());
             let out = self.model().forward_train(
                 images.images,
                 &gt,
