@@ -20,27 +20,8 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf_tiny").join(name)
 }
 
-struct Reference(TensorStore);
-
-impl Reference {
-    fn load() -> Self {
-        Self(TensorStore::from_safetensors(&fixture("reference.safetensors")).unwrap())
-    }
-    fn get(&self, key: &str) -> (&[usize], &[f32]) {
-        let t = &self.0.tensors[key];
-        (&t.shape, &t.data)
-    }
-    fn tensor<B: Backend, const D: usize>(&self, key: &str, device: &B::Device) -> Tensor<B, D> {
-        let (shape, data) = self.get(key);
-        Tensor::from_data(TensorData::new(data.to_vec(), shape.to_vec()), device)
-    }
-    fn check<B: Backend, const D: usize>(&self, key: &str, actual: Tensor<B, D>) -> f32 {
-        let (shape, data) = self.get(key);
-        assert_eq!(actual.dims().to_vec(), shape, "{key}: shape");
-        let d = max_abs_diff(&host(actual), data);
-        assert!(d < TOL, "{key}: max abs diff {d}");
-        d
-    }
+fn reference() -> Reference {
+    Reference::load(&fixture("reference.safetensors"), TOL)
 }
 
 fn imported<B: Backend>(device: &B::Device) -> (ExperimentConfig, Mask2Former<B>) {
@@ -57,25 +38,8 @@ fn imported<B: Backend>(device: &B::Device) -> (ExperimentConfig, Mask2Former<B>
 fn every_intermediate_output_matches_on_flex() {
     let device = Default::default();
     let (cfg, model) = imported::<Flex>(&device);
-    let r = Reference::load();
-    let x: Tensor<Flex, 4> = r.tensor("pixel_values", &device);
-
-    let f = model.backbone.forward(x.clone());
-    let mut worst = 0f32;
-    for (i, t) in [&f.res2, &f.res3, &f.res4, &f.res5].into_iter().enumerate() {
-        worst = worst.max(r.check(&format!("backbone.res{}", i + 2), t.clone()));
-    }
-    let p = model.pixel_decoder.forward(&f);
-    for (i, t) in p.multi_scale_features.iter().enumerate() {
-        worst = worst.max(r.check(&format!("pixel_decoder.multi_scale.{i}"), t.clone()));
-    }
-    worst = worst.max(r.check("pixel_decoder.mask_features", p.mask_features.clone()));
-    let out = model.forward(x);
-    assert_eq!(out.predictions.len(), 10);
-    for (i, pred) in out.predictions.iter().enumerate() {
-        worst = worst.max(r.check(&format!("prediction.{i}.class_logits"), pred.class_logits.clone()));
-        worst = worst.max(r.check(&format!("prediction.{i}.mask_logits"), pred.mask_logits.clone()));
-    }
+    let r = reference();
+    let (mut worst, out) = r.check_model(&model, &device);
 
     // Post-processing of the last prediction at twice the input size.
     let last = out.last_matching();
@@ -111,7 +75,7 @@ fn final_logits_match_on_wgpu() {
     use burn::backend::Wgpu;
     let device = burn::backend::wgpu::WgpuDevice::default();
     let (_, model) = imported::<Wgpu>(&device);
-    let r = Reference::load();
+    let r = reference();
     let out = model.forward(r.tensor("pixel_values", &device));
     let last = out.predictions.last().unwrap();
     let dc = r.check("prediction.9.class_logits", last.class_logits.clone());
@@ -211,7 +175,7 @@ fn torchvision_backbone_import_matches() {
     assert!(report.ignored.contains(&"fc.weight".to_string()));
     // Only the backbone changes.
     assert_eq!(host(model.decoder.query_feat.val()), before);
-    let r = Reference::load();
+    let r = reference();
     let f = model.backbone.forward(r.tensor("pixel_values", &device));
     for (i, t) in [f.res2, f.res3, f.res4, f.res5].into_iter().enumerate() {
         r.check(&format!("backbone.res{}", i + 2), t);
@@ -224,7 +188,7 @@ fn trainable_batch_norm_backbone_imports_running_statistics() {
     let cfg = config::load(Some(&fixture("mpf.toml")), &["model.backbone.norm=\"bn\"".into()]).unwrap();
     let model = cfg.model.init::<Flex>(&device).unwrap();
     let (model, _) = import(model, &fixture("model.safetensors"), Source::HuggingFace, &device).unwrap();
-    let r = Reference::load();
+    let r = reference();
     // Without autodiff, Burn's BatchNorm normalises with its running statistics, as eval mode does.
     let f = model.backbone.forward(r.tensor("pixel_values", &device));
     r.check("backbone.res5", f.res5);
@@ -236,5 +200,5 @@ fn input_png_normalises_to_the_reference_pixel_values() {
     let img = mpformer::train::forward::read_image(&fixture("input.png")).unwrap();
     let cfg = config::load(Some(&fixture("mpf.toml")), &[]).unwrap();
     let batch = mpformer::model::model::ImageBatch::<Flex>::from_images(&[img], &cfg.input, &device).unwrap();
-    Reference::load().check("pixel_values", batch.images);
+    reference().check("pixel_values", batch.images);
 }

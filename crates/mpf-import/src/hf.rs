@@ -1,11 +1,12 @@
 //! The key table for Hugging Face transformers' `Mask2FormerForUniversalSegmentation` with a
-//! transformers `ResNetBackbone`.
+//! transformers `ResNetBackbone` or `SwinBackbone` (the released COCO / ADE20K / Cityscapes models).
 //!
 //! | mpf | transformers |
 //! |---|---|
 //! | `backbone.conv1`, `backbone.bn1` | `model.pixel_level_module.encoder.embedder.embedder.{convolution,normalization}` |
 //! | `backbone.layer{s}.{b}.conv{c}` / `bn{c}` | `…encoder.encoder.stages.{s-1}.layers.{b}.layer.{c-1}.{convolution,normalization}` |
 //! | `backbone.layer{s}.{b}.downsample.{conv,norm}` | `…layers.{b}.shortcut.{convolution,normalization}` |
+//! | Swin: `backbone.{patch_embed,embed_norm,stages,out_norms}.…` | `model.pixel_level_module.encoder.` + [`crate::hf_swin_key`] |
 //! | `pixel_decoder.input_proj.{i}.{conv,norm}` | `model.pixel_level_module.decoder.input_projections.{i}.{0,1}` |
 //! | `pixel_decoder.level_embed` | `…decoder.level_embed` |
 //! | `pixel_decoder.encoder.{l}.self_attn.*` | `…decoder.encoder.layers.{l}.self_attn.*` |
@@ -32,7 +33,9 @@ const TRANSFORMER: &str = "model.transformer_module";
 
 /// Source-file entries that carry no model weight and are accepted unused.
 pub(crate) fn ignorable(key: &str) -> bool {
-    key.ends_with("num_batches_tracked") || key == "criterion.empty_weight"
+    key.ends_with("num_batches_tracked")
+        || key == "criterion.empty_weight"
+        || key.strip_prefix(BACKBONE).and_then(|k| k.strip_prefix('.')).is_some_and(crate::hf_swin_ignorable)
 }
 
 /// `gamma`/`beta` (Burn norms) → `weight`/`bias` (PyTorch); other leaves unchanged.
@@ -64,7 +67,12 @@ pub fn hf_key(path: &str) -> Option<SourceKey> {
     let seg: Vec<&str> = path.split('.').collect();
     let id = Transform::Identity;
     match seg.as_slice() {
-        // Backbone.
+        // Swin backbone.
+        ["backbone", "patch_embed" | "embed_norm" | "stages" | "out_norms", ..] => {
+            let inner = crate::hf_swin_key(&path["backbone.".len()..])?;
+            key(format!("{BACKBONE}.{}", inner.name), inner.transform)
+        }
+        // ResNet backbone.
         ["backbone", "conv1", p] => key(format!("{BACKBONE}.embedder.embedder.convolution.{p}"), id),
         ["backbone", "bn1", p] => key(format!("{BACKBONE}.embedder.embedder.normalization.{}", leaf(p)), id),
         ["backbone", stage, block, "downsample", part, p] => {
@@ -176,5 +184,10 @@ mod tests {
         );
         assert_eq!(k("pixel_decoder.output.norm.beta").unwrap().0, "model.pixel_level_module.decoder.layer_1.1.bias");
         assert_eq!(k("decoder.nonsense.weight"), None);
+        assert_eq!(
+            k("backbone.stages.1.downsample.norm.beta").unwrap().0,
+            "model.pixel_level_module.encoder.encoder.layers.1.downsample.norm.bias"
+        );
+        assert!(ignorable("model.pixel_level_module.encoder.swin.layernorm.weight"));
     }
 }

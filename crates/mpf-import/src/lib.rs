@@ -2,12 +2,16 @@
 //!
 //! Loads weights trained elsewhere into [`mpf_model::Mask2Former`]:
 //!
-//! - Hugging Face transformers `Mask2FormerForUniversalSegmentation` with a ResNet backbone, from a
-//!   `.safetensors` state dict ([`hf_key`] is the key table);
+//! - Hugging Face transformers `Mask2FormerForUniversalSegmentation`, from a `.safetensors` state
+//!   dict ([`hf_key`] is the key table; [`hf_config`] reads the `config.json` beside it), with a ResNet
 //! - torchvision ResNet weights into the backbone, from a `.pth` file read with Burn's store
 //!   ([`torchvision_key`]);
-//! - a transformers `SwinBackbone` state dict into [`mpf_model::swin::SwinTransformer`]
-//!   ([`hf_swin_key`]; not yet part of a Mask2Former config).
+//!   or a Swin backbone (the released transformers checkpoints; [`hf_swin_key`] is the backbone's
+//!   part of the table);
+//! - original Mask2Former and MP-Former checkpoints with detectron2 names, from a model-zoo `.pkl`
+//!   (pickled numpy arrays, read with `repugnant-pickle`) or a `torch.save` `.pth`
+//!   ([`detectron2_key`]; MP-Former's label embedding is handed back in the report);
+//! - a transformers `SwinBackbone` state dict into [`mpf_model::swin::SwinTransformer`] alone.
 //!
 //! Every parameter of the mpf model must be found, every tensor in the file must be used (bar
 //! bookkeeping entries such as `num_batches_tracked`), and every shape must match, or the import
@@ -18,14 +22,19 @@
 //! left out), looked up in a table, transformed (PyTorch `Linear` weights are transposed; packed
 //! attention projections are split) and written back keeping its id and gradient flag.
 
+mod detectron2;
 mod hf;
+mod hf_config;
 mod loader;
+mod pickle;
 mod store;
 mod swin;
 mod torchvision;
 
+pub use detectron2::{LABEL_ENC, detectron2_key};
 pub use hf::hf_key;
-pub use loader::{ImportReport, Source, import, load_into, param_paths};
+pub use hf_config::{HfArchitecture, hf_config};
+pub use loader::{ImportReport, Source, detect_backbone, import, load_into, param_paths};
 pub use store::{HostTensor, TensorStore};
 pub use swin::{hf_swin_ignorable, hf_swin_key};
 pub use torchvision::torchvision_key;

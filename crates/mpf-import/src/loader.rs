@@ -6,9 +6,10 @@ use std::path::Path;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::prelude::*;
 use mpf_model::Mask2Former;
+use mpf_model::backbone::{Backbone, BackboneKind};
 
 use crate::store::{HostTensor, TensorStore};
-use crate::{ImportError, SourceKey, Transform, hf, torchvision};
+use crate::{ImportError, SourceKey, Transform, detectron2, hf, torchvision};
 
 /// Where the weights come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,15 +20,78 @@ pub enum Source {
     /// A torchvision ResNet state dict (`.pth`, read with Burn's store): the backbone only; the
     /// rest of the model keeps its current weights.
     Torchvision,
+    /// An original Mask2Former or MP-Former checkpoint (detectron2 names): a model-zoo `.pkl`
+    /// (pickled numpy arrays) or a `torch.save` `.pth`; the whole model, and MP-Former's label
+    /// embedding in [`ImportReport::label_embedding`].
+    Detectron2,
+}
+
+impl Source {
+    /// The name used on the command line and in checkpoint notes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::HuggingFace => "hf",
+            Source::Torchvision => "torchvision",
+            Source::Detectron2 => "detectron2",
+        }
+    }
 }
 
 /// What an import did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImportReport {
     /// Parameters written.
     pub loaded: usize,
     /// Source entries accepted without use (bookkeeping such as `num_batches_tracked`).
     pub ignored: Vec<String>,
+    /// MP-Former's `[K, d]` label embedding of the mask-piloted queries, when the file holds one
+    /// (detectron2 MP-Former checkpoints); a training-only part the caller may keep.
+    pub label_embedding: Option<HostTensor>,
+}
+
+/// The backbone a checkpoint holds, told by its tensor names (`None` when it has neither).
+pub fn detect_backbone(store: &TensorStore, source: Source) -> Option<BackboneKind> {
+    let has = |prefix: &str| store.tensors.keys().any(|k| k.starts_with(prefix));
+    let (swin, resnet) = match source {
+        Source::HuggingFace => (
+            "model.pixel_level_module.encoder.embeddings.patch_embeddings",
+            "model.pixel_level_module.encoder.embedder",
+        ),
+        Source::Detectron2 => ("backbone.patch_embed", "backbone.stem"),
+        Source::Torchvision => ("patch_embed", "conv1"),
+    };
+    if has(swin) {
+        Some(BackboneKind::Swin)
+    } else if has(resnet) {
+        Some(BackboneKind::Resnet)
+    } else {
+        None
+    }
+}
+
+fn kind_of<B: Backend>(model: &Mask2Former<B>) -> BackboneKind {
+    match model.backbone {
+        Backbone::ResNet(_) => BackboneKind::Resnet,
+        Backbone::Swin(_) => BackboneKind::Swin,
+    }
+}
+
+/// Refuses a file whose backbone is not the model's, with the config keys to change.
+fn check_backbone<B: Backend>(model: &Mask2Former<B>, store: &TensorStore, source: Source) -> Result<(), ImportError> {
+    let name = |k: BackboneKind| if k == BackboneKind::Swin { "Swin" } else { "ResNet" };
+    match detect_backbone(store, source) {
+        Some(found) if found != kind_of(model) => Err(ImportError::Mismatch {
+            path: store.path.clone(),
+            problems: vec![format!(
+                "backbone: the file holds a {} backbone, the config describes a {} one (set `model.backbone.kind = \"{}\"` and its sizes{})",
+                name(found),
+                name(kind_of(model)),
+                if found == BackboneKind::Swin { "swin" } else { "resnet" },
+                if source == Source::HuggingFace { ", or let `import --write-config` write the config" } else { "" }
+            )],
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Dotted field path of every float parameter of `module`, in visit order (enum variant names
@@ -154,9 +218,25 @@ pub fn import<B: Backend>(
     match source {
         Source::HuggingFace => {
             let store = TensorStore::from_safetensors(path)?;
+            check_backbone(&model, &store, source)?;
             load_into(model, &store, hf::hf_key, hf::ignorable, device)
         }
+        Source::Detectron2 => {
+            let mut store = TensorStore::from_detectron2(path)?;
+            check_backbone(&model, &store, source)?;
+            let label_embedding = store.tensors.remove(detectron2::LABEL_ENC);
+            let (model, report) = load_into(model, &store, detectron2::detectron2_key, detectron2::ignorable, device)?;
+            Ok((model, ImportReport { label_embedding, ..report }))
+        }
         Source::Torchvision => {
+            if kind_of(&model) != BackboneKind::Resnet {
+                return Err(ImportError::Mismatch {
+                    path: path.into(),
+                    problems: vec![
+                        "backbone: torchvision weights are a ResNet; the config describes a Swin backbone".into(),
+                    ],
+                });
+            }
             let store = TensorStore::from_pytorch(path)?;
             let mut model = model;
             let (backbone, report) =
@@ -200,5 +280,5 @@ pub fn load_into<B: Backend, M: Module<B>>(
     if !loader.problems.is_empty() {
         return Err(ImportError::Mismatch { path: store.path.clone(), problems: loader.problems });
     }
-    Ok((module, ImportReport { loaded: loader.loaded, ignored }))
+    Ok((module, ImportReport { loaded: loader.loaded, ignored, label_embedding: None }))
 }

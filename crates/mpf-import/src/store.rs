@@ -70,6 +70,11 @@ impl TensorStore {
             .or_else(|_| burn_store::pytorch::PytorchReader::with_top_level_key(path, "state_dict"))
             .or_else(|_| burn_store::pytorch::PytorchReader::with_top_level_key(path, "model"))
             .map_err(|e| fmt(format!("not a readable PyTorch checkpoint: {e}")))?;
+        Self::from_reader(path, reader)
+    }
+
+    fn from_reader(path: &Path, reader: burn_store::pytorch::PytorchReader) -> Result<Self, ImportError> {
+        let fmt = |message: String| ImportError::Format { path: path.into(), message };
         let mut tensors = BTreeMap::new();
         let mut integer = BTreeSet::new();
         for (name, snap) in reader.into_tensors() {
@@ -82,5 +87,41 @@ impl TensorStore {
             tensors.insert(name, HostTensor { shape, data });
         }
         Ok(Self { path: path.into(), tensors, integer })
+    }
+}
+
+impl TensorStore {
+    /// Reads a detectron2 / Mask2Former / MP-Former checkpoint: a `torch.save` file (the `model`
+    /// entry of detectron2's checkpointer dict, or a bare state dict) through Burn's store, or a
+    /// detectron2 model-zoo `.pkl` (a pickled dict whose `model` entry, or the dict itself, maps
+    /// names to numpy arrays) through the `repugnant-pickle` parser.
+    pub fn from_detectron2(path: &Path) -> Result<Self, ImportError> {
+        let bytes = std::fs::read(path).map_err(|source| ImportError::Read { path: path.into(), source })?;
+        if bytes.starts_with(b"PK\x03\x04") {
+            return Self::from_pytorch_entry(path, "model");
+        }
+        match crate::pickle::numpy_state_dict(&bytes) {
+            Ok(tensors) => {
+                let mut store = Self { path: path.into(), tensors: BTreeMap::new(), integer: BTreeSet::new() };
+                for (name, (t, is_int)) in tensors {
+                    if is_int {
+                        store.integer.insert(name.clone());
+                    }
+                    store.tensors.insert(name, t);
+                }
+                Ok(store)
+            }
+            // A legacy (pre-zip) torch.save file is a pickle with persistent storage ids.
+            Err(e) if e.contains("persistent") => Self::from_pytorch_entry(path, "model"),
+            Err(e) => Err(ImportError::Format { path: path.into(), message: e }),
+        }
+    }
+
+    /// [`Self::from_pytorch`], looking into the top-level `entry` first.
+    fn from_pytorch_entry(path: &Path, entry: &str) -> Result<Self, ImportError> {
+        match burn_store::pytorch::PytorchReader::with_top_level_key(path, entry) {
+            Ok(reader) => Self::from_reader(path, reader),
+            Err(_) => Self::from_pytorch(path),
+        }
     }
 }
