@@ -1,6 +1,7 @@
 //! `mpf-train info`: parameter count per part and a FLOPs estimate.
 
 use burn::prelude::*;
+use mpf_model::backbone::BackboneKind;
 use mpf_model::flops::{FlopsEstimate, estimate};
 use mpf_model::model::trainable_params;
 use serde::Serialize;
@@ -30,6 +31,50 @@ pub struct ModelInfo {
     pub trainable_params: usize,
     /// FLOPs estimate (fvcore convention) per part.
     pub flops: FlopsEstimate,
+    /// The published parameter count of the same architecture, when it is one of the papers'.
+    pub published: Option<Published>,
+}
+
+/// A parameter count from the literature.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Published {
+    /// The model, as the source names it.
+    pub model: &'static str,
+    /// Parameters in millions, as printed there.
+    pub params_m: f64,
+    /// Where.
+    pub source: &'static str,
+}
+
+const MASK2FORMER: &str = "Cheng et al., Masked-attention Mask Transformer, CVPR 2022, Tables 1-2";
+
+/// The published Mask2Former count of `cfg`'s architecture: the COCO models (80 or 133 classes,
+/// 100 queries, 200 for Swin-L) with the paper's pixel decoder and decoder widths.
+pub fn published(cfg: &ExperimentConfig) -> Option<Published> {
+    let m = &cfg.model;
+    let (pd, dec) = (&m.pixel_decoder, &m.decoder);
+    let standard = matches!(m.num_classes, 80 | 133)
+        && (pd.conv_dim, pd.mask_dim, pd.encoder_layers, pd.ffn_dim) == (256, 256, 6, 1024)
+        && (dec.hidden_dim, dec.num_layers, dec.ffn_dim) == (256, 9, 2048);
+    if !standard {
+        return None;
+    }
+    let bb = &m.backbone;
+    let (model, params_m, queries) = match bb.kind {
+        BackboneKind::Resnet => match (bb.depth, bb.width) {
+            (50, 64) => ("Mask2Former R50", 44.0, 100),
+            (101, 64) => ("Mask2Former R101", 63.0, 100),
+            _ => return None,
+        },
+        BackboneKind::Swin => match (bb.swin.embed_dim, bb.swin.depths.as_slice()) {
+            (96, [2, 2, 6, 2]) => ("Mask2Former Swin-T", 47.0, 100),
+            (96, [2, 2, 18, 2]) => ("Mask2Former Swin-S", 69.0, 100),
+            (128, [2, 2, 18, 2]) => ("Mask2Former Swin-B", 107.0, 100),
+            (192, [2, 2, 18, 2]) => ("Mask2Former Swin-L (200 queries)", 216.0, 200),
+            _ => return None,
+        },
+    };
+    (dec.num_queries == queries).then_some(Published { model, params_m, source: MASK2FORMER })
 }
 
 /// Builds the model described by `cfg` on `device` and counts its parameters; estimates FLOPs at
@@ -58,6 +103,7 @@ pub fn model_info<B: Backend>(
         trainable_params: parts.iter().map(|p| p.trainable).sum(),
         parts,
         flops: estimate(&cfg.model, size[0], size[1])?,
+        published: published(cfg),
     })
 }
 
@@ -71,6 +117,9 @@ impl ModelInfo {
             s += &format!("{:<22}{:>13}{:>13}\n", p.name, m(p.params), m(p.trainable));
         }
         s += &format!("{:<22}{:>13}{:>13}\n", "total", m(self.total_params), m(self.trainable_params));
+        if let Some(p) = &self.published {
+            s += &format!("{:<22}{:>11.0} M{:>13}   {} ({})\n", "published", p.params_m, "", p.model, p.source);
+        }
         let [h, w] = self.flops.input;
         s += &format!("\nFLOPs at {h}×{w} (1 multiply-add = 1 FLOP, as fvcore):\n");
         s += &format!("{:<22}{}\n", "backbone", g(self.flops.backbone));

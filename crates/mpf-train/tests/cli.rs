@@ -27,6 +27,22 @@ fn info_reports_the_papers_parameter_count() {
     let parts: Vec<&str> = v["parts"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(parts, ["backbone", "pixel_decoder", "transformer_decoder", "heads"]);
     assert!(v["flops"]["backbone"].as_f64().unwrap() > 1e10);
+    assert_eq!(v["published"]["params_m"], 44.0);
+}
+
+#[test]
+fn info_prints_the_swin_l_count_next_to_the_published_one() {
+    let (ok, stdout, stderr) =
+        run(bin().args(["info", "--config"]).arg(config("coco/instance/mask2former_swin_large_100ep.toml")));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("published") && stdout.contains("216 M") && stdout.contains("Swin-L"), "{stdout}");
+    let (ok, stdout, stderr) =
+        run(bin().args(["info", "--json", "--config"]).arg(config("coco/instance/mask2former_swin_large_100ep.toml")));
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let trainable = v["trainable_params"].as_f64().unwrap() / 1e6;
+    // 216 M as printed (rounded) by Cheng et al. 2022.
+    assert!((215.5..216.5).contains(&trainable), "{trainable}");
 }
 
 #[test]
@@ -116,6 +132,131 @@ fn import_writes_a_checkpoint_that_forward_loads() {
         !ok && stderr.contains("class_predictor.weight") && stderr.contains("[6, 32]") && stderr.contains("[32, 8]"),
         "{stderr}"
     );
+}
+
+#[test]
+fn import_every_pretrained_format_then_forward_and_eval() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let toml = d.join("swin.toml");
+    // transformers, with the config written from its config.json.
+    let (ok, stdout, stderr) = run(bin()
+        .args(["import", "--from", "hf"])
+        .arg(fixtures.join("hf_swin_tiny/model.safetensors"))
+        .arg("--write-config")
+        .arg(&toml)
+        .arg("--output")
+        .arg(d.join("hf")));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("imported 457 parameter tensors") && stdout.contains("Swin backbone"), "{stdout}");
+    let written = std::fs::read_to_string(&toml).unwrap();
+    assert!(written.contains("kind = \"swin\"") && written.contains("\"star\""), "{written}");
+    // An existing config file is not overwritten without --force.
+    let (ok, _, stderr) = run(bin()
+        .args(["import", "--from", "hf"])
+        .arg(fixtures.join("hf_swin_tiny/model.safetensors"))
+        .arg("--write-config")
+        .arg(&toml)
+        .arg("--output")
+        .arg(d.join("hf2")));
+    assert!(!ok && stderr.contains("pass --force to overwrite"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&toml).unwrap(), written);
+    // detectron2 model-zoo pickle with MP-Former's label embedding kept, and the .pth without it.
+    let (ok, stdout, stderr) = run(bin()
+        .args(["import", "--from", "detectron2"])
+        .arg(fixtures.join("hf_swin_tiny/detectron2.pkl"))
+        .arg("--config")
+        .arg(&toml)
+        .args(["--set", "pilot.enabled=true", "--output"])
+        .arg(d.join("pkl")));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("imported 458 parameter tensors") && stdout.contains("kept MP-Former's label embedding"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = run(bin()
+        .args(["import", "--from", "detectron2"])
+        .arg(fixtures.join("hf_swin_tiny/detectron2.pth"))
+        .arg("--config")
+        .arg(&toml)
+        .arg("--output")
+        .arg(d.join("pth")));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("left out `sem_seg_head.predictor.label_enc.weight`"), "{stdout}");
+    let (ok, _, stderr) = run(bin()
+        .args(["import", "--from", "detectron2"])
+        .arg(fixtures.join("hf_tiny/detectron2.pth"))
+        .arg("--config")
+        .arg(fixtures.join("hf_tiny/mpf.toml"))
+        .arg("--output")
+        .arg(d.join("r18")));
+    assert!(ok, "{stderr}");
+    // The same weights give the same predictions whatever the format.
+    let forward = |ck: &str| {
+        let out = d.join(format!("fw-{ck}"));
+        let (ok, _, stderr) = run(bin().args(["forward", "--checkpoint"]).arg(d.join(ck)).arg("--output").arg(&out));
+        assert!(ok, "{ck}: {stderr}");
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("forward.json")).unwrap()).unwrap();
+        v["images"][0]["instances"].clone()
+    };
+    let hf = forward("hf");
+    assert!(!hf.as_array().unwrap().is_empty());
+    for ck in ["pkl", "pth"] {
+        let other = forward(ck);
+        for (a, b) in hf.as_array().unwrap().iter().zip(other.as_array().unwrap()).take(10) {
+            assert_eq!((&a["label"], &a["area"]), (&b["label"], &b["area"]), "{ck}");
+            assert!((a["score"].as_f64().unwrap() - b["score"].as_f64().unwrap()).abs() < 1e-4, "{ck}");
+        }
+    }
+    forward("r18");
+    let (ok, stdout, stderr) = run(bin().arg("eval").arg("--checkpoint").arg(d.join("pkl")).args([
+        "--set",
+        "data.synthetic_val=2",
+        "--set",
+        "data.synthetic_size=64",
+    ]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("Average Precision"), "{stdout}");
+    // Fine-tuning from the imported MP-Former weights: step 0, fresh optimiser, the checkpoint's config.
+    let finetune = |output: &str, extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.arg("train").arg("--init").arg(d.join("pkl")).arg("--output").arg(d.join(output));
+        for s in [
+            "data.synthetic_size=64",
+            "data.crop_size=[64, 64]",
+            "data.synthetic_train=4",
+            "data.synthetic_val=2",
+            "data.batch_size=2",
+            "data.workers=1",
+            "loss.num_points=64",
+            "train.eval_period=0",
+            "train.checkpoint_period=2",
+            "train.overlays=1",
+            "solver.max_iter=2",
+        ]
+        .iter()
+        .chain(extra)
+        {
+            cmd.args(["--set", s]);
+        }
+        run(&mut cmd)
+    };
+    let (ok, stdout, stderr) = finetune("ft", &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("training MP-Former") && stdout.contains("trained steps 0..2"), "{stdout}");
+    let (ok, _, stderr) = finetune("ft7", &["model.decoder.num_queries=7"]);
+    assert!(!ok && stderr.contains("model.decoder.num_queries"), "{stderr}");
+    // detectron2 files carry no architecture.
+    let (ok, _, stderr) = run(bin()
+        .args(["import", "--from", "detectron2"])
+        .arg(fixtures.join("hf_swin_tiny/detectron2.pkl"))
+        .arg("--write-config")
+        .arg(d.join("x.toml"))
+        .arg("--output")
+        .arg(d.join("x")));
+    assert!(!ok && stderr.contains("--write-config needs --from hf"), "{stderr}");
 }
 
 #[test]

@@ -96,6 +96,10 @@ pub struct TrainArgs {
     /// (e.g. a longer solver.max_iter).
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start from the weights of this checkpoint folder (e.g. one written by `import`) at step 0
+    /// with fresh optimiser states: fine-tuning. Its architecture must be the config's.
+    #[arg(long, conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
 }
 
 /// Arguments of `eval`.
@@ -217,15 +221,23 @@ pub struct ForwardArgs {
 /// Arguments of `import`.
 #[derive(clap::Args)]
 pub struct ImportArgs {
-    /// `hf`: a transformers Mask2FormerForUniversalSegmentation `.safetensors` state dict (whole
-    /// model); `torchvision`: a ResNet `.pth` state dict (backbone only, the rest initialised
-    /// from the config's seed).
+    /// `hf`: a transformers Mask2FormerForUniversalSegmentation `.safetensors` (ResNet or Swin
+    /// backbone; whole model); `detectron2`: an original Mask2Former / MP-Former checkpoint, a
+    /// model-zoo `.pkl` or a `.pth` (whole model, and MP-Former's label embedding when the pilot is
+    /// on); `torchvision`: a ResNet `.pth` state dict (backbone only, the rest initialised from the
+    /// config's seed).
     #[arg(long, value_enum)]
     pub from: ImportFrom,
     /// The weights file.
     pub file: PathBuf,
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// With `--from hf`: take the model section and class names from the transformers
+    /// `config.json` beside FILE (the rest from --config / the defaults, then --set), write the
+    /// resolved config to this TOML file (not over an existing one unless --force) and import
+    /// with it.
+    #[arg(long, value_name = "TOML")]
+    pub write_config: Option<PathBuf>,
     /// Checkpoint folder to write (refused when it holds a checkpoint, unless --force).
     #[arg(long)]
     pub output: PathBuf,
@@ -333,9 +345,10 @@ pub enum StyleArg {
     Simple,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ImportFrom {
     Hf,
+    Detectron2,
     Torchvision,
 }
 

@@ -20,14 +20,16 @@ use crate::args::*;
 pub fn default_run() -> anyhow::Result<()> {
     let cfg = config::load_embedded("simple_mpformer.toml", &[])?;
     let output = fresh_run_dir("simple_mpformer");
-    run_training(TrainTask { config: cfg, output, resume: None, progress: true }, "flex")
+    run_training(TrainTask { config: cfg, output, resume: None, init: None, progress: true }, "flex")
 }
 
 /// `train`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let TrainArgs { config: c, device, output, resume } = args;
+    let TrainArgs { config: c, device, output, resume, init } = args;
     let resume_ckpt = resume.as_deref().map(find_checkpoint).transpose()?;
-    let cfg = match (&resume_ckpt, &c.config) {
+    let init = init.as_deref().map(find_checkpoint).transpose()?;
+    // Without --config, a resumed or initialising checkpoint's config applies (with --set).
+    let cfg = match (resume_ckpt.as_ref().or(init.as_ref()), &c.config) {
         (Some(dir), None) => mpf_train::checkpoint::config_of(dir, &c.set)?,
         _ => config::load(c.config.as_deref(), &c.set)?,
     };
@@ -43,7 +45,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             PathBuf::from("runs").join(stem)
         }
     };
-    run_training(TrainTask { config: cfg, output, resume: resume_ckpt, progress: true }, &device)?;
+    run_training(TrainTask { config: cfg, output, resume: resume_ckpt, init, progress: true }, &device)?;
     Ok(())
 }
 
@@ -214,25 +216,74 @@ pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
 
 /// `import`.
 pub fn import(args: ImportArgs) -> anyhow::Result<()> {
-    let ImportArgs { from, file, config: c, output, force } = args;
+    let ImportArgs { from, file, config: c, write_config, output, force } = args;
     if !force && output.join("checkpoint.json").exists() {
         bail!(
             "{} already holds a checkpoint; pass --force to replace it, or choose another --output",
             output.display()
         );
     }
-    let cfg = config::load(c.config.as_deref(), &c.set)?;
-    let (source, name) = match from {
-        ImportFrom::Hf => (Source::HuggingFace, "hf"),
-        ImportFrom::Torchvision => (Source::Torchvision, "torchvision"),
+    let source = match from {
+        ImportFrom::Hf => Source::HuggingFace,
+        ImportFrom::Detectron2 => Source::Detectron2,
+        ImportFrom::Torchvision => Source::Torchvision,
+    };
+    let cfg = match &write_config {
+        None => config::load(c.config.as_deref(), &c.set)?,
+        Some(toml) => {
+            anyhow::ensure!(
+                from == ImportFrom::Hf,
+                "--write-config needs --from hf: only transformers checkpoints carry their architecture (config.json); \
+                 for {} files start from a config under configs/ (e.g. configs/coco/instance/mpformer_r50_12ep.toml)",
+                source.name()
+            );
+            anyhow::ensure!(
+                force || !toml.exists(),
+                "--write-config {} exists; pass --force to overwrite it",
+                toml.display()
+            );
+            if let Some(dir) = toml.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let json = file.with_file_name("config.json");
+            let arch = mpf_import::hf_config(&json).with_context(|| {
+                format!("--write-config reads the transformers config.json beside {}", file.display())
+            })?;
+            let mut cfg = config::load(c.config.as_deref(), &[])?;
+            cfg.model = arch.model;
+            cfg.class_names = arch.class_names;
+            if cfg.thing_classes.len() != cfg.model.num_classes {
+                cfg.thing_classes.clear();
+            }
+            // Written, then read back with the overrides, so that --set applies to every section
+            // and the file holds exactly what the import uses.
+            let header = format!("# Written by `mpf-train import --from hf --write-config` from {}.\n", json.display());
+            let write = |cfg: &config::ExperimentConfig| -> anyhow::Result<()> {
+                std::fs::write(toml, format!("{header}{}", cfg.to_toml()?))
+                    .with_context(|| format!("cannot write {}", toml.display()))
+            };
+            write(&cfg)?;
+            let cfg = config::load(Some(toml), &c.set)?;
+            write(&cfg)?;
+            println!(
+                "wrote {} ({} classes, {:?} backbone)",
+                toml.display(),
+                cfg.model.num_classes,
+                cfg.model.backbone.kind
+            );
+            cfg
+        }
     };
     let report = dispatch(DeviceChoice::Flex, ImportTask { cfg, source, file: file.clone(), output: output.clone() })??;
-    println!("imported {} parameter tensors from {} ({name})", report.loaded, file.display());
+    println!("imported {} parameter tensors from {} ({})", report.loaded, file.display(), source.name());
     let (counters, other): (Vec<&String>, Vec<&String>) =
         report.ignored.iter().partition(|k| k.ends_with("num_batches_tracked"));
     if !report.ignored.is_empty() {
         let other: Vec<&str> = other.iter().map(|s| s.as_str()).collect();
         println!("skipped {} batch-norm counters and {} other entries {:?}", counters.len(), other.len(), other);
+    }
+    if let Some(note) = &report.label_embedding_note {
+        println!("{note}");
     }
     println!("checkpoint: {}", output.display());
     Ok(())
@@ -331,20 +382,50 @@ struct ImportTask {
     output: PathBuf,
 }
 
+/// What `import` did, for printing.
+struct ImportSummary {
+    loaded: usize,
+    ignored: Vec<String>,
+    label_embedding_note: Option<String>,
+}
+
 impl BackendTask for ImportTask {
-    type Output = anyhow::Result<mpf_import::ImportReport>;
+    type Output = anyhow::Result<ImportSummary>;
     fn run<B: burn::prelude::Backend>(self, device: B::Device, _: &str) -> Self::Output {
         B::seed(&device, self.cfg.seed);
         let model = self.cfg.model.init::<B>(&device)?;
         let (model, report) = mpf_import::import(model, &self.file, self.source, &device)?;
-        let kind = match self.source {
-            Source::HuggingFace => "hf",
-            Source::Torchvision => "torchvision",
+        let info = CheckpointInfo::new(format!("import {} {}", self.source.name(), self.file.display()), None);
+        let mut model = mpf_pilot::forward::MpFormer::new(model, &self.cfg.pilot, &device);
+        let mut loaded = report.loaded;
+        let label_embedding_note = match (report.label_embedding, model.label_enc.as_mut()) {
+            (Some(t), Some(enc)) => {
+                let expected = enc.weight.dims().to_vec();
+                anyhow::ensure!(
+                    t.shape == expected,
+                    "{}: `{}` has shape {:?}, the MP label embedding needs {expected:?} (model.num_classes × model.decoder.hidden_dim)",
+                    self.file.display(),
+                    mpf_import::LABEL_ENC,
+                    t.shape
+                );
+                enc.weight = burn::module::Param::from_tensor(burn::prelude::Tensor::from_data(
+                    burn::prelude::TensorData::new(t.data, t.shape),
+                    &device,
+                ));
+                loaded += 1;
+                Some("kept MP-Former's label embedding (pilot enabled)".to_string())
+            }
+            (Some(_), None) => Some(format!(
+                "left out `{}` (MP-Former's training-only label embedding): the pilot is off; set pilot.enabled=true to keep it for further training",
+                mpf_import::LABEL_ENC
+            )),
+            (None, Some(_)) if self.source == Source::Detectron2 => {
+                Some("the file has no MP label embedding: the pilot's starts from its random initialisation".into())
+            }
+            _ => None,
         };
-        let info = CheckpointInfo::new(format!("import {kind} {}", self.file.display()), None);
-        let model = mpf_pilot::forward::MpFormer::new(model, &self.cfg.pilot, &device);
         mpf_train::checkpoint::save(&self.output, &self.cfg, model, &info)?;
-        Ok(report)
+        Ok(ImportSummary { loaded, ignored: report.ignored, label_embedding_note })
     }
 }
 
