@@ -45,6 +45,21 @@ pub fn hf_config(path: &Path) -> Result<HfArchitecture, ImportError> {
             .ok_or_else(|| fmt(format!("`backbone_config.{key}` is missing or not a list of integers")))
     };
     let bb = root.get("backbone_config").ok_or_else(|| fmt("`backbone_config` is missing".into()))?;
+    // Options transformers has and the original Mask2Former never uses: refused rather than
+    // imported into a model that computes something else.
+    let flag = |v: &Value, key: &str| v.get(key).and_then(Value::as_bool);
+    for (v, key, unsupported, why) in [
+        (bb, "use_absolute_embeddings", true, "Swin's absolute position embedding"),
+        (bb, "qkv_bias", false, "Swin attention without q/k/v biases"),
+        (&root, "enforce_input_projection", true, "input projections between equal widths"),
+        (&root, "pre_norm", true, "pre-norm decoder layers"),
+    ] {
+        if flag(v, key) == Some(unsupported) {
+            return Err(fmt(format!(
+                "`{key}` = {unsupported}: {why} is not supported (the original Mask2Former has none)"
+            )));
+        }
+    }
     let backbone: BackboneConfig = match bb.get("model_type").and_then(Value::as_str) {
         Some("swin") => SwinConfig::new()
             .with_embed_dim(uint(bb, "embed_dim")?)
@@ -124,4 +139,58 @@ pub fn hf_config(path: &Path) -> Result<HfArchitecture, ImportError> {
         );
     model.validate().map_err(|e| fmt(format!("describes an invalid model: {e}")))?;
     Ok(HfArchitecture { model, class_names: labels.into_iter().map(|(_, n)| n).collect() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal transformers config: Swin-T-like sizes, 2 classes.
+    fn json(patch: impl FnOnce(&mut Value)) -> tempfile::NamedTempFile {
+        let mut v = serde_json::json!({
+            "model_type": "mask2former",
+            "backbone_config": {
+                "model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24],
+                "window_size": 7, "drop_path_rate": 0.3, "use_absolute_embeddings": false, "qkv_bias": true
+            },
+            "id2label": {"1": "dog", "0": "cat"},
+            "num_attention_heads": 8, "decoder_layers": 10, "feature_size": 256, "mask_feature_size": 256,
+            "encoder_layers": 6, "encoder_feedforward_dim": 1024, "hidden_dim": 256, "num_queries": 100,
+            "dim_feedforward": 2048
+        });
+        patch(&mut v);
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), v.to_string()).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_swin_config_becomes_the_mpf_model() {
+        let f = json(|_| {});
+        let arch = hf_config(f.path()).unwrap();
+        assert_eq!(arch.class_names, ["cat", "dog"], "id order, not file order");
+        let m = &arch.model;
+        assert_eq!(m.num_classes, 2);
+        assert_eq!(m.backbone.out_channels().unwrap(), [96, 192, 384, 768]);
+        assert_eq!((m.decoder.num_layers, m.decoder.num_queries, m.decoder.num_heads), (9, 100, 8));
+        assert_eq!((m.pixel_decoder.num_points, m.pixel_decoder.gn_groups), (4, 32));
+    }
+
+    #[test]
+    fn what_mpf_cannot_compute_is_refused_by_key() {
+        type Patch = fn(&mut Value);
+        let cases: [(Patch, &str); 6] = [
+            (|v| v["model_type"] = "maskformer".into(), "model_type"),
+            (|v| v["backbone_config"]["use_absolute_embeddings"] = true.into(), "use_absolute_embeddings"),
+            (|v| v["backbone_config"]["qkv_bias"] = false.into(), "qkv_bias"),
+            (|v| v["backbone_config"]["model_type"] = "convnext".into(), "convnext"),
+            (|v| v["id2label"] = serde_json::json!({"0": "a", "2": "b"}), "id2label"),
+            (|v| v["decoder_layers"] = 1.into(), "decoder_layers"),
+        ];
+        for (patch, key) in cases {
+            let f = json(patch);
+            let e = hf_config(f.path()).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(&f.path().display().to_string()), "{key}: {e}");
+        }
+    }
 }
