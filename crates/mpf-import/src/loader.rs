@@ -229,15 +229,8 @@ pub fn import<B: Backend>(
             Ok((model, ImportReport { label_embedding, ..report }))
         }
         Source::Torchvision => {
-            if kind_of(&model) != BackboneKind::Resnet {
-                return Err(ImportError::Mismatch {
-                    path: path.into(),
-                    problems: vec![
-                        "backbone: torchvision weights are a ResNet; the config describes a Swin backbone".into(),
-                    ],
-                });
-            }
             let store = TensorStore::from_pytorch(path)?;
+            check_backbone(&model, &store, source)?;
             let mut model = model;
             let (backbone, report) =
                 load_into(model.backbone, &store, torchvision::torchvision_key, torchvision::ignorable, device)?;

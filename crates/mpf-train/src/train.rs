@@ -346,10 +346,6 @@ impl<B: Backend> Trainer<B> {
 
         Autodiff::<B>::seed(&device, cfg.seed);
         let mut model = MpFormer::<Autodiff<B>>::new(cfg.model.init::<Autodiff<B>>(&device)?, &cfg.pilot, &device);
-        let mut groups = param_groups(&model, &cfg.solver);
-        let mut optims = optimizers::<B>(&cfg, &groups);
-        let group_names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
-        let (mut start, mut best) = (0, None);
         if let Some(init) = &task.init {
             if task.resume.is_some() {
                 bail!("--init starts a new run from a checkpoint's weights; it cannot be combined with --resume");
@@ -363,10 +359,12 @@ impl<B: Backend> Trainer<B> {
             if loaded.label_enc.is_some() && model.label_enc.is_some() {
                 model.label_enc = loaded.label_enc;
             }
-            groups = param_groups(&model, &cfg.solver);
-            optims = optimizers::<B>(&cfg, &groups);
             tracing::info!("initialised from the weights of {}", dir.display());
         }
+        let mut groups = param_groups(&model, &cfg.solver);
+        let mut optims = optimizers::<B>(&cfg, &groups);
+        let group_names: Vec<String> = groups.iter().map(|g| g.name.clone()).collect();
+        let (mut start, mut best) = (0, None);
         if let Some(resume) = &task.resume {
             let dir = find_checkpoint(resume)?;
             let info = checkpoint::read_info(&dir)?;
