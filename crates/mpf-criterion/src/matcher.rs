@@ -214,8 +214,8 @@ pub fn match_predictions<B: Backend>(
 }
 
 /// The matcher's shared points: `num_points` uniform points per image.
-pub fn matcher_points(images: usize, num_points: usize, rng: &mut impl rand::Rng) -> Vec<Vec<Point>> {
-    (0..images).map(|_| uniform_points(num_points, rng)).collect()
+pub fn matcher_points(images: usize, num_points: usize, rng: &mut impl mpf_model::rng::ImageRng) -> Vec<Vec<Point>> {
+    (0..images).map(|b| uniform_points(num_points, rng.image(b))).collect()
 }
 
 #[cfg(test)]

@@ -10,9 +10,7 @@ use burn::prelude::*;
 use mpf_model::Mask2Former;
 use mpf_model::decoder::{DecoderOutput, ExtraQueries, Prediction};
 use mpf_model::pixel_decoder::PixelDecoderOutput;
-use mpf_model::rng::{Stream, stream};
-use rand::Rng;
-use rand::rngs::StdRng;
+use mpf_model::rng::{ImageRng, ImageStreams, Stream};
 
 use crate::config::PilotConfig;
 use crate::layout::{MpLayout, build_layout};
@@ -58,20 +56,29 @@ pub struct GtObjects {
     pub masks: Vec<BinaryMask>,
 }
 
-/// The random streams of the MP part: [`mpf_model::rng::stream`] for label and
-/// mask noise at one training step.
+/// The random streams of the MP part at one training step: per image
+/// ([`mpf_model::rng::ImageStreams`]) for label and mask noise, so an image's noise does not
+/// depend on the other images of its batch or on how a batch is split across replicas.
 #[derive(Debug, Clone)]
 pub struct PilotStreams {
     /// Label noise.
-    pub label: StdRng,
+    pub label: ImageStreams,
     /// Mask noise (point flips, shifts, scales).
-    pub mask: StdRng,
+    pub mask: ImageStreams,
 }
 
 impl PilotStreams {
-    /// The streams of training step `step` of a run seeded `seed`.
+    /// The streams of training step `step` of a run seeded `seed` (one device).
     pub fn for_step(seed: u64, step: u64) -> Self {
-        Self { label: stream(seed, Stream::LabelNoise, step), mask: stream(seed, Stream::MaskNoise, step) }
+        Self::for_images(seed, step, 0)
+    }
+
+    /// The streams of a replica whose batch starts at image `first_image` of the step's global batch.
+    pub fn for_images(seed: u64, step: u64, first_image: u64) -> Self {
+        Self {
+            label: ImageStreams::new(seed, Stream::LabelNoise, step, first_image),
+            mask: ImageStreams::new(seed, Stream::MaskNoise, step, first_image),
+        }
     }
 }
 
@@ -95,20 +102,21 @@ pub struct GtRowBuilder<'a> {
 
 impl<'a> GtRowBuilder<'a> {
     /// Prepares the rows of `layout` from `gt` (padded input size `[H, W]`). `heads` is the
-    /// decoder's head count (used when `per_head`); `rng` is the mask-noise stream.
+    /// decoder's head count (used when `per_head`); `rng` holds the mask-noise streams (image `b`
+    /// draws from `rng.image(b)`).
     pub fn new(
         layout: &'a MpLayout,
         gt: &[GtObjects],
         noise: MaskNoise,
         per_head: bool,
         heads: usize,
-        rng: &mut impl Rng,
+        rng: &mut impl ImageRng,
     ) -> Self {
         let per_head = per_head && matches!(noise, MaskNoise::Points { .. });
         let heads = if per_head { heads } else { 1 };
         let mut base = Vec::with_capacity(layout.slots.len());
         let mut slot_base = Vec::with_capacity(layout.slots.len());
-        for (slots, objects) in layout.slots.iter().zip(gt) {
+        for (b, (slots, objects)) in layout.slots.iter().zip(gt).enumerate() {
             if noise.once_per_batch() {
                 let mut masks = Vec::new();
                 let idx = slots
@@ -117,7 +125,7 @@ impl<'a> GtRowBuilder<'a> {
                         slot.object.map(|j| {
                             let m = &objects.masks[j];
                             let eighth = m.downsample_to(m.height.div_ceil(8), m.width.div_ceil(8));
-                            masks.push(noise.apply_per_batch(&eighth, rng));
+                            masks.push(noise.apply_per_batch(&eighth, rng.image(b)));
                             masks.len() - 1
                         })
                     })
@@ -139,7 +147,7 @@ impl<'a> GtRowBuilder<'a> {
 
     /// The rows of one layer at level size `[h, w]`, `true` = blocked (background after noise);
     /// padding slots fully `true`. Row-major `[B, heads, P, h·w]`.
-    pub fn rows(&mut self, size: [usize; 2], rng: &mut impl Rng) -> Vec<bool> {
+    pub fn rows(&mut self, size: [usize; 2], rng: &mut impl ImageRng) -> Vec<bool> {
         let [h, w] = size;
         let hw = h * w;
         let p = self.layout.num_slots();
@@ -151,7 +159,7 @@ impl<'a> GtRowBuilder<'a> {
             for (s, k) in slots.iter().enumerate() {
                 let Some(k) = *k else { continue };
                 for head in 0..self.heads {
-                    let noised = self.noise.apply_per_layer(&pooled[b][k], rng);
+                    let noised = self.noise.apply_per_layer(&pooled[b][k], rng.image(b));
                     let start = ((b * self.heads + head) * p + s) * hw;
                     for (dst, &fg) in rows[start..start + hw].iter_mut().zip(&noised.data) {
                         *dst = !fg;
@@ -269,7 +277,7 @@ pub fn forward_piloted<B: Backend>(
     layout: &MpLayout,
     gt: &[GtObjects],
     pilot: &PilotConfig,
-    rng: &mut impl Rng,
+    rng: &mut impl ImageRng,
 ) -> DecoderOutput<B> {
     let device = pixel.mask_features.device();
     let b = layout.slots.len();

@@ -2,7 +2,7 @@
 //! (possibly label-noised) class each slot's content is taken from, and the targets the criterion
 //! assigns directly.
 
-use rand::Rng;
+use mpf_model::rng::ImageRng;
 
 use crate::noise::label_noise;
 
@@ -52,13 +52,14 @@ impl MpLayout {
 
 /// Lays out the MP part for a batch whose images have the given GT class labels. Returns `None`
 /// when the MP part is skipped: no object in any image, or a group count of 0.
-/// `label_noise_ratio` draws from `rng` (the `label_noise` stream) once per (group, object).
+/// `label_noise_ratio` draws from image `b`'s generator of `rng` (the `label_noise` streams) once
+/// per (group, object).
 pub fn build_layout(
     labels: &[Vec<usize>],
     num_classes: usize,
     rule: GroupRule,
     label_noise_ratio: f64,
-    rng: &mut impl Rng,
+    rng: &mut impl ImageRng,
 ) -> Option<MpLayout> {
     let group_size = labels.iter().map(Vec::len).max().unwrap_or(0);
     if group_size == 0 {
@@ -76,7 +77,7 @@ pub fn build_layout(
     for g in 0..num_groups {
         for (b, image) in labels.iter().enumerate() {
             for (j, &label) in image.iter().enumerate() {
-                let input = label_noise(label, num_classes, label_noise_ratio, rng);
+                let input = label_noise(label, num_classes, label_noise_ratio, rng.image(b));
                 slots[b][g * group_size + j] = Slot { object: Some(j), input_label: Some(input), target_label: label };
             }
         }
