@@ -24,10 +24,10 @@ use std::collections::BTreeMap;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use mpf_model::rng::{Stream, stream};
+use mpf_model::rng::{ImageRng, ImageStreams, Stream};
 use mpf_pilot::config::PilotConfig;
 use mpf_pilot::forward::{GtObjects, PilotedOutput};
-use rand::rngs::{SmallRng, StdRng};
+use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -139,19 +139,50 @@ impl LossConfig {
     }
 }
 
-/// The random streams of the criterion at one step.
+/// The random streams of the criterion at one step, one generator per image, so an image's
+/// points do not depend on the other images of its batch or on how a batch is split across
+/// replicas.
 #[derive(Debug, Clone)]
 pub struct CriterionStreams {
     /// The matcher's shared points.
-    pub matcher: StdRng,
+    pub matcher: ImageStreams,
     /// The losses' importance-sampled points.
-    pub points: StdRng,
+    pub points: ImageStreams,
 }
 
 impl CriterionStreams {
-    /// The streams of training step `step` of a run seeded `seed`.
+    /// The streams of training step `step` of a run seeded `seed` (one device).
     pub fn for_step(seed: u64, step: u64) -> Self {
-        Self { matcher: stream(seed, Stream::MatcherPoints, step), points: stream(seed, Stream::LossPoints, step) }
+        Self::for_images(seed, step, 0)
+    }
+
+    /// The streams of a replica whose batch starts at image `first_image` of the step's global batch.
+    pub fn for_images(seed: u64, step: u64, first_image: u64) -> Self {
+        Self {
+            matcher: ImageStreams::new(seed, Stream::MatcherPoints, step, first_image),
+            points: ImageStreams::new(seed, Stream::LossPoints, step, first_image),
+        }
+    }
+}
+
+/// Averages the loss normalisers across data-parallel replicas (PyTorch's `all_reduce` then
+/// `/ world_size`, as Mask2Former's criterion does for the number of masks).
+///
+/// Each replica divides its own sums by the average normaliser, so the mean of the replicas'
+/// gradients is the gradient of one device holding the whole batch.
+pub trait ReplicaMean {
+    /// The element-wise mean of `local` over all replicas; every replica calls it with a slice of
+    /// the same length, in the same order.
+    fn mean(&self, local: &[f64]) -> Result<Vec<f64>, String>;
+}
+
+/// One device: the mean over replicas is the local value.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OneReplica;
+
+impl ReplicaMean for OneReplica {
+    fn mean(&self, local: &[f64]) -> Result<Vec<f64>, String> {
+        Ok(local.to_vec())
     }
 }
 
@@ -232,14 +263,14 @@ enum RowTarget {
 }
 
 /// One supervised mask row: row `row` (of `B·T`) of prediction `pred`, in term `term` of the mask
-/// (and dice) terms, scaled by `scale` (1 / the term's normaliser).
+/// (and dice) terms, scaled by `scale / num_masks` (`scale` is 1, or `1 / n_g` on the MP part).
 #[derive(Debug, Clone, Copy)]
 struct MaskRow {
     pred: usize,
     row: usize,
     target: RowTarget,
     term: usize,
-    scale: f32,
+    scale: f64,
 }
 
 impl Criterion {
@@ -259,8 +290,21 @@ impl Criterion {
         pilot: &PilotConfig,
         streams: &mut CriterionStreams,
     ) -> Result<Losses<B>, CriterionError> {
+        self.forward_replicated(out, targets, pilot, streams, &OneReplica)
+    }
+
+    /// [`Self::forward`] on one replica of a data-parallel run: the normalisers (number of target
+    /// masks, the class terms' weight sums) are averaged over the replicas by `replicas`.
+    pub fn forward_replicated<B: AutodiffBackend>(
+        &self,
+        out: &PilotedOutput<B>,
+        targets: &[GtObjects],
+        pilot: &PilotConfig,
+        streams: &mut CriterionStreams,
+        replicas: &dyn ReplicaMean,
+    ) -> Result<Losses<B>, CriterionError> {
         let matching = self.match_predictions(out, targets, streams)?;
-        self.losses(out, targets, pilot, matching, streams)
+        self.losses_replicated(out, targets, pilot, matching, streams, replicas)
     }
 
     /// The matching part's Hungarian assignment of every supervised prediction (or of the last
@@ -317,6 +361,20 @@ impl Criterion {
         matching: Matching,
         streams: &mut CriterionStreams,
     ) -> Result<Losses<B>, CriterionError> {
+        self.losses_replicated(out, targets, pilot, matching, streams, &OneReplica)
+    }
+
+    /// [`Self::losses`] with the normalisers averaged over data-parallel replicas by `replicas`
+    /// (every replica must call it once per batch).
+    pub fn losses_replicated<B: AutodiffBackend>(
+        &self,
+        out: &PilotedOutput<B>,
+        targets: &[GtObjects],
+        pilot: &PilotConfig,
+        matching: Matching,
+        streams: &mut CriterionStreams,
+        replicas: &dyn ReplicaMean,
+    ) -> Result<Losses<B>, CriterionError> {
         let c = &self.config;
         let preds = &out.output.predictions;
         let (n_pred, extra) = (preds.len(), out.output.num_extra);
@@ -340,7 +398,9 @@ impl Criterion {
                 l.num_slots()
             )));
         }
-        let num_masks = (targets.iter().map(|g| g.labels.len()).sum::<usize>() as f64).max(1.0);
+        // Mask rows carry their scale relative to the number of target masks, which is only known
+        // (averaged over the replicas) once every row is laid out.
+        let local_masks = targets.iter().map(|g| g.labels.len()).sum::<usize>() as f64;
         let no_object = k1 - 1;
         let supervised: Vec<usize> = (first_supervised..n_pred).collect();
 
@@ -374,7 +434,7 @@ impl Criterion {
                 for &(query, obj) in assignments[i].get(img).map(Vec::as_slice).unwrap_or_default() {
                     let row = img * t + extra + query;
                     let target = RowTarget::Gt { img, obj };
-                    rows.push(MaskRow { pred: i, row, target, term: mterm, scale: (1.0 / num_masks) as f32 });
+                    rows.push(MaskRow { pred: i, row, target, term: mterm, scale: 1.0 });
                 }
             }
             // MP part: direct assignment; zero terms when the part was skipped.
@@ -393,7 +453,7 @@ impl Criterion {
                 let mterm = mask_terms.len();
                 mask_terms.push(("mp_mask", "mp_dice", i, c.mask_weight, c.dice_weight));
                 if let Some(l) = layout {
-                    let scale = (1.0 / (num_masks * l.num_groups as f64)) as f32;
+                    let scale = 1.0 / l.num_groups as f64;
                     for (img, slots) in l.slots.iter().enumerate() {
                         for (slot_idx, slot) in slots.iter().enumerate() {
                             if let Some(obj) = slot.object {
@@ -416,7 +476,7 @@ impl Criterion {
                     for &(query, _) in a {
                         let row = img * t + extra + query;
                         let target = RowTarget::Previous { pred: i - 1, row };
-                        rows.push(MaskRow { pred: i, row, target, term: mterm, scale: (1.0 / num_masks) as f32 });
+                        rows.push(MaskRow { pred: i, row, target, term: mterm, scale: 1.0 });
                     }
                 }
             }
@@ -431,6 +491,16 @@ impl Criterion {
         for &(term, _, wt) in &ce_coef {
             totals[term] += wt;
         }
+        // The normalisers, averaged over the replicas: [number of masks, class weight sums…].
+        let local: Vec<f64> = std::iter::once(local_masks).chain(totals.iter().map(|&t| t as f64)).collect();
+        let mean = replicas.mean(&local).map_err(CriterionError::Replicas)?;
+        if mean.len() != local.len() {
+            return Err(CriterionError::Replicas(format!("{} means for {} values", mean.len(), local.len())));
+        }
+        let num_masks = mean[0].max(1.0);
+        for (t, m) in totals.iter_mut().zip(&mean[1..]) {
+            *t = *m as f32;
+        }
         let mut coef = vec![0f32; ce_terms.len() * n_rows];
         for &(term, row, wt) in &ce_coef {
             coef[term * n_rows + row] = -wt / totals[term].max(f32::MIN_POSITIVE);
@@ -443,7 +513,7 @@ impl Criterion {
         let (mask_values, dice_values) = if rows.is_empty() {
             (Tensor::zeros([mask_terms.len()], &device), Tensor::zeros([mask_terms.len()], &device))
         } else {
-            self.mask_values(preds, &rows, targets, mask_terms.len(), [b * t, h, w], streams)
+            self.mask_values(preds, &rows, targets, mask_terms.len(), [b, t, h, w], num_masks, streams)
         };
 
         let mut terms = ce_terms;
@@ -460,9 +530,11 @@ impl Criterion {
         rows: &[MaskRow],
         targets: &[GtObjects],
         n_terms: usize,
-        [bt, h, w]: [usize; 3],
+        [b, t, h, w]: [usize; 4],
+        num_masks: f64,
         streams: &mut CriterionStreams,
     ) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let bt = b * t;
         let c = &self.config;
         let device = preds[0].mask_logits.device();
         let hw = h * w;
@@ -499,10 +571,10 @@ impl Criterion {
             Tensor::cat(parts, 0).into_data().convert::<f32>().to_vec().unwrap_or_default()
         };
 
-        // Host: one seed per row from the stream (in row order), then each row's random points,
-        // importance sampling, corners and labels in parallel (so the points do not depend on
-        // the number of threads).
-        let seeds: Vec<u64> = (0..n).map(|_| streams.points.random()).collect();
+        // Host: one seed per row from its image's stream (in row order), then each row's random
+        // points, importance sampling, corners and labels in parallel (so the points do not
+        // depend on the number of threads).
+        let seeds: Vec<u64> = rows.iter().map(|r| streams.points.image(r.row / t).random()).collect();
         let mut prev_index = 0;
         let prev_of: Vec<Option<usize>> = rows
             .iter()
@@ -546,7 +618,7 @@ impl Criterion {
         let (bce, dice) = (bce_rows(x.clone(), t.clone()), dice_rows(x, t)); // [R, 1] each
         let mut coef = vec![0f32; n_terms * n];
         for (r, row) in rows.iter().enumerate() {
-            coef[row.term * n + r] = row.scale;
+            coef[row.term * n + r] = (row.scale / num_masks) as f32;
         }
         let coef = Tensor::<B, 1>::from_data(TensorData::new(coef, [n_terms * n]), &device).reshape([n_terms, n]);
         (coef.clone().matmul(bce).reshape([n_terms]), coef.matmul(dice).reshape([n_terms]))

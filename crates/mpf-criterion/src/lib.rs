@@ -20,7 +20,9 @@ pub mod losses;
 pub mod matcher;
 pub mod points;
 
-pub use criterion::{Criterion, CriterionStreams, LossConfig, LossTerm, Losses, Matching, MatchingMode};
+pub use criterion::{
+    Criterion, CriterionStreams, LossConfig, LossTerm, Losses, Matching, MatchingMode, OneReplica, ReplicaMean,
+};
 
 /// Errors of the criterion.
 #[derive(Debug, thiserror::Error)]
@@ -42,4 +44,7 @@ pub enum CriterionError {
     /// A `[loss]` value out of range.
     #[error("{0}")]
     Config(String),
+    /// Averaging the loss normalisers across data-parallel replicas failed.
+    #[error("averaging the loss normalisers across replicas failed: {0}")]
+    Replicas(String),
 }
