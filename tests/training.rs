@@ -64,6 +64,7 @@ fn train(
         resume: resume.map(Path::to_path_buf),
         init: None,
         progress: false,
+        nodes: None,
     }
     .run::<Flex>(FlexDevice, "flex")
 }
@@ -260,6 +261,7 @@ fn a_trainer_driven_step_by_step_equals_run_and_hooks_see_every_step() {
         resume: None,
         init: None,
         progress: false,
+        nodes: None,
     };
 
     // By hand: six steps, a checkpoint at the end.
@@ -432,9 +434,16 @@ fn trains_on_wgpu() {
         "train.checkpoint_period=2",
         "train.eval_images=1",
     ]);
-    let r = TrainTask { config: cfg, output: dir.path().to_path_buf(), resume: None, init: None, progress: false }
-        .run::<Wgpu>(WgpuDevice::default(), "wgpu")
-        .unwrap();
+    let r = TrainTask {
+        config: cfg,
+        output: dir.path().to_path_buf(),
+        resume: None,
+        init: None,
+        progress: false,
+        nodes: None,
+    }
+    .run::<Wgpu>(WgpuDevice::default(), "wgpu")
+    .unwrap();
     assert_eq!(r.final_step, 2);
     assert!(dir.path().join("checkpoints/step_00000002/optim-0.mpk").exists());
     let losses: Vec<f64> = read_curves(&dir.path().join("metrics.jsonl")).unwrap().loss.iter().map(|p| p.1).collect();

@@ -8,6 +8,7 @@
 //! | [`config`] | typed TOML experiment configs: defaults, `extends`, `--set`, validation, `[train]` |
 //! | [`device`] | run-time backend selection (`--device`) among the compiled-in ones |
 //! | [`solver`] | the optimiser recipe: AdamW parameter groups, global clipping, schedules |
+//! | [`parallel`] | data-parallel replicas on Burn's collective: shards, averaged normalisers, gradient all-reduce, nodes |
 //! | [`train`] | the [`train::Trainer`] (step / evaluate / checkpoint / run with hooks) and the run folder |
 //! | [`checkpoint`] | self-verifying checkpoint folders, atomic writes |
 //! | [`run_lock`] | one process per run folder |
@@ -28,6 +29,7 @@ pub mod evaluate;
 pub mod forward;
 pub mod info;
 pub mod layers;
+pub mod parallel;
 pub mod predict;
 pub mod report;
 pub mod run_lock;

@@ -3,8 +3,9 @@
 //! One optimiser step = `solver.accumulate` batches of `data.batch_size` images: the MP-Former
 //! training forward (plain Mask2Former when `pilot.enabled = false`), the criterion, backward,
 //! global gradient clipping, then one AdamW step per parameter group at the scheduled rate.
-//! Every random choice is keyed by (seed, purpose, step), so a run is reproducible from its config
-//! and a resumed run continues exactly.
+//! Every random choice is keyed by (seed, purpose, step) — per image, by the image's place in the
+//! step's batch — so a run is reproducible from its config, a resumed run continues exactly, and
+//! a data-parallel run over several devices ([`crate::parallel`]) draws what one device would.
 //!
 //! The run folder:
 //! ```text
@@ -20,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -32,15 +33,18 @@ use burn::prelude::*;
 use mpf_criterion::{Criterion, CriterionStreams};
 use mpf_data::config::{Split, training_indices};
 use mpf_data::loader::{Loader, plan};
-use mpf_model::rng::{Stream, stream};
+use mpf_model::rng::{Stream, image_stream};
 use mpf_pilot::forward::{GtObjects, MpFormer, PilotStreams};
 use rand::Rng;
 use serde::Serialize;
 
 use crate::checkpoint::{self, CheckpointInfo, TrainingState};
 use crate::config::ExperimentConfig;
-use crate::device::BackendTask;
+use crate::device::{BackendTask, MultiDeviceTask};
 use crate::evaluate::{Evaluation, evaluate};
+use crate::parallel::{
+    CollectiveMean, MULTI_NODE_BLOCKED, Nodes, Replica, SharedData, collective_config, start_coordinator,
+};
 use crate::run_lock::RunLock;
 use crate::solver::{ParamGroup, add_grads, clip_global, param_groups, split_grads};
 use mpf_data::Dataset;
@@ -60,6 +64,8 @@ pub struct TrainTask {
     pub init: Option<PathBuf>,
     /// Show progress bars.
     pub progress: bool,
+    /// The nodes of a multi-node data-parallel run (`None`: this process is the whole run).
+    pub nodes: Option<Nodes>,
 }
 
 /// What a run did.
@@ -229,11 +235,131 @@ fn eval_line(step: u64, ev: &Evaluation) -> serde_json::Value {
 impl BackendTask for TrainTask {
     type Output = anyhow::Result<TrainReport>;
 
+    /// One device (one replica of a multi-node run when `nodes` is set).
     fn run<B: Backend>(self, device: B::Device, name: &str) -> Self::Output {
+        if self.nodes.is_some() {
+            return self.run_replicated::<B>(vec![device], vec![name.to_string()])?.with_context(|| {
+                "this node is not node 0: its run folder, evaluations and report are node 0's".to_string()
+            });
+        }
         let progress = self.progress;
         Trainer::<B>::new(&self, device, name)?.run(progress, &mut [])
     }
 }
+
+impl MultiDeviceTask for TrainTask {
+    /// The report, written by node 0 (`None` on the other nodes of a multi-node run).
+    type Output = anyhow::Result<Option<TrainReport>>;
+
+    fn run<B: Backend>(self, devices: Vec<B::Device>, names: Vec<String>) -> Self::Output {
+        if devices.len() == 1 && self.nodes.is_none() {
+            let progress = self.progress;
+            let device = devices.into_iter().next().expect("one device");
+            return Trainer::<B>::new(&self, device, &names[0])?.run(progress, &mut []).map(Some);
+        }
+        self.run_replicated::<B>(devices, names)
+    }
+}
+
+impl TrainTask {
+    /// Data-parallel training: one replica per device in its own thread, joined to the other
+    /// nodes' replicas when `nodes` is set (node 0 then hosts the coordinator). Returns the report
+    /// on node 0, `None` on the others. The first replica to fail ends the run with its error.
+    pub fn run_replicated<B: Backend>(
+        self,
+        devices: Vec<B::Device>,
+        names: Vec<String>,
+    ) -> anyhow::Result<Option<TrainReport>> {
+        let local = devices.len();
+        let (node_rank, node_count) = self.nodes.as_ref().map_or((0, 1), |n| (n.rank as usize, n.count as usize));
+        let world = local * node_count;
+        let batch = self.config.data.batch_size;
+        if local == 0 || batch % world != 0 {
+            bail!(
+                "`data.batch_size` = {batch} (the total batch of a step) must split evenly over {world} replicas \
+                 ({local} device(s) × {node_count} node(s)); set it to a multiple of {world} with --set"
+            );
+        }
+        if self.nodes.is_some() {
+            bail!("{MULTI_NODE_BLOCKED}");
+        }
+        let collective = collective_config(local, self.nodes.as_ref())?;
+        if let Some(n) = self.nodes.as_ref().filter(|n| n.rank == 0) {
+            start_coordinator(n.coordinator_port()?)?;
+        }
+        // Forget any earlier run's peers in this process (a failed run leaves them registered).
+        burn_collective::reset_collective::<B>();
+        let data = open_data(&self.config)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, (device, name)) in devices.into_iter().zip(names).enumerate() {
+            let replica = Replica { rank: node_rank * local + i, world };
+            let (task, data, collective, tx) = (self.clone(), data.clone(), collective.clone(), tx.clone());
+            std::thread::Builder::new()
+                .name(format!("mpf-replica-{}", replica.rank))
+                .stack_size(64 << 20)
+                .spawn(move || {
+                    let work = || -> anyhow::Result<Option<TrainReport>> {
+                        burn_collective::register::<B>(replica.peer(), device.clone(), collective)
+                            .map_err(|e| anyhow::anyhow!("cannot join the collective: {e:?}"))?;
+                        let trainer = Trainer::<B>::new_replica(&task, device, &name, replica, Some(data))?;
+                        let report = trainer.run_replica(task.progress)?;
+                        burn_collective::finish_collective::<B>(replica.peer())
+                            .map_err(|e| anyhow::anyhow!("cannot leave the collective: {e:?}"))?;
+                        Ok(report)
+                    };
+                    // A panic (in a backend or the collective) is reported like an error.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|p| {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "unknown panic".into());
+                        Err(anyhow::anyhow!("panicked: {msg}"))
+                    });
+                    let _ = tx.send((replica.rank, result));
+                })
+                .context("cannot start a replica thread")?;
+        }
+        drop(tx);
+        let mut report = None;
+        // The first error ends the run: the other replicas wait in a collective call for the
+        // failed one and are left to end with the process.
+        let mut done = 0;
+        for (rank, result) in rx {
+            match result {
+                Err(e) => return Err(e.context(format!("replica {rank} of {world} failed"))),
+                Ok(Some(r)) => report = Some(r),
+                Ok(None) => {}
+            }
+            done += 1;
+        }
+        if done < local || (node_rank == 0 && report.is_none()) {
+            bail!("a replica thread ended without a result");
+        }
+        Ok(report)
+    }
+}
+
+/// The training and validation splits of `cfg`, opened and checked against the model's classes.
+pub fn open_data(cfg: &ExperimentConfig) -> anyhow::Result<SharedData> {
+    let train_data = cfg.data.open(Split::Train, cfg.seed, &cfg.class_names)?;
+    let val_data = cfg.data.open(Split::Val, cfg.seed, &cfg.class_names)?;
+    for (split, d) in [("train", &train_data), ("val", &val_data)] {
+        if d.classes().len() != cfg.model.num_classes {
+            bail!(
+                "the {split} data has {} classes but model.num_classes is {}",
+                d.classes().len(),
+                cfg.model.num_classes
+            );
+        }
+    }
+    Ok((train_data, val_data))
+}
+
+/// Held while a model is initialised: the backend's generator is shared by the process on some
+/// backends (flex), so replicas in threads take turns to seed it and draw their initial weights,
+/// which are then the same on every replica.
+static MODEL_INIT: Mutex<()> = Mutex::new(());
 
 /// The GT objects of a batch (labels and host masks at the padded size), for the MP part and the
 /// criterion.
@@ -299,53 +425,73 @@ pub struct Trainer<B: Backend> {
     criterion: Criterion,
     batches: Loader,
     val_data: Arc<dyn Dataset>,
-    log: Log,
+    /// The log; `None` on replicas other than 0.
+    log: Option<Log>,
+    replica: Replica,
     start: u64,
     step: u64,
     window: (f64, u64, Instant),
     started: Instant,
     best: Option<(String, f64, u64)>,
     last_checkpoint: Option<PathBuf>,
-    _lock: RunLock,
+    _lock: Option<RunLock>,
 }
 
 impl<B: Backend> Trainer<B> {
     /// Prepares `task`: locks and checks the run folder, opens the data, builds the model and
     /// optimisers, restores them from `task.resume`, writes `RUN/config.toml` and opens the log.
     pub fn new(task: &TrainTask, device: B::Device, device_name: &str) -> anyhow::Result<Self> {
+        Self::new_replica(task, device, device_name, Replica::SINGLE, None)
+    }
+
+    /// [`Self::new`] for one replica of a data-parallel run (already registered with the
+    /// collective): it takes its shard of every batch and averages with the others; only replica
+    /// 0 locks and writes the run folder. `data` are the splits opened once for the process
+    /// (opened here when `None`).
+    pub fn new_replica(
+        task: &TrainTask,
+        device: B::Device,
+        device_name: &str,
+        replica: Replica,
+        data: Option<SharedData>,
+    ) -> anyhow::Result<Self> {
         let cfg = task.config.clone();
         let run = task.output.clone();
         let ckpt_root = run.join("checkpoints");
+        let main = replica.is_main();
         // One process per run folder, held as long as the trainer lives.
-        let lock = RunLock::acquire(&run)?;
-        checkpoint::recover_swap(&run.join("best"))?;
-        if task.resume.is_none() && !list_checkpoints(&ckpt_root).is_empty() {
-            bail!(
-                "{} already holds a run with checkpoints: continue it with --resume {} or choose another --output",
-                run.display(),
-                run.display()
-            );
-        }
-        std::fs::create_dir_all(&ckpt_root).with_context(|| format!("cannot create {}", ckpt_root.display()))?;
-
-        let train_data = cfg.data.open(Split::Train, cfg.seed, &cfg.class_names)?;
-        let val_data = cfg.data.open(Split::Val, cfg.seed, &cfg.class_names)?;
-        for (split, d) in [("train", &train_data), ("val", &val_data)] {
-            if d.classes().len() != cfg.model.num_classes {
+        let lock = if main {
+            let lock = RunLock::acquire(&run)?;
+            checkpoint::recover_swap(&run.join("best"))?;
+            if task.resume.is_none() && !list_checkpoints(&ckpt_root).is_empty() {
                 bail!(
-                    "the {split} data has {} classes but model.num_classes is {}",
-                    d.classes().len(),
-                    cfg.model.num_classes
+                    "{} already holds a run with checkpoints: continue it with --resume {} or choose another --output",
+                    run.display(),
+                    run.display()
                 );
             }
+            std::fs::create_dir_all(&ckpt_root).with_context(|| format!("cannot create {}", ckpt_root.display()))?;
+            Some(lock)
+        } else {
+            None
+        };
+        if !cfg.data.batch_size.is_multiple_of(replica.world) {
+            bail!("`data.batch_size` = {} must split evenly over {} replicas", cfg.data.batch_size, replica.world);
         }
+
+        let (train_data, val_data) = match data {
+            Some(d) => d,
+            None => open_data(&cfg)?,
+        };
         let indices = training_indices(train_data.as_ref());
         if indices.is_empty() {
             bail!("the training split has no image with objects");
         }
 
+        let init_guard = MODEL_INIT.lock().unwrap_or_else(|e| e.into_inner());
         Autodiff::<B>::seed(&device, cfg.seed);
         let mut model = MpFormer::<Autodiff<B>>::new(cfg.model.init::<Autodiff<B>>(&device)?, &cfg.pilot, &device);
+
         if let Some(init) = &task.init {
             if task.resume.is_some() {
                 bail!("--init starts a new run from a checkpoint's weights; it cannot be combined with --resume");
@@ -394,24 +540,36 @@ impl<B: Backend> Trainer<B> {
             best = state.best;
             tracing::info!("resumed from {} at step {start}", dir.display());
         }
+        drop(init_guard);
+        if replica.world > 1 {
+            // Outside the lock: every replica must have initialised before any receives.
+            model = replica.broadcast_weights(model)?;
+        }
         let max_iter = cfg.solver.max_iter;
         if start > max_iter {
             bail!("the checkpoint is at step {start}, beyond solver.max_iter = {max_iter}");
         }
         // Only a config that was accepted (and, on resume, matched its checkpoint) becomes the run's.
-        checkpoint::write_atomic(&run.join("config.toml"), &cfg.to_toml()?)?;
+        if main {
+            checkpoint::write_atomic(&run.join("config.toml"), &cfg.to_toml()?)?;
+        }
         let accum = cfg.solver.accumulate as u64;
         let criterion = Criterion::new(cfg.loss.clone())?;
+        // The global batches, of which this replica takes its shard.
+        let shard = replica.shard(cfg.data.batch_size);
         let batches = Loader::new(
             Arc::clone(&train_data),
-            plan(&indices, cfg.data.batch_size, cfg.seed, start * accum, (max_iter - start) * accum),
+            plan(&indices, cfg.data.batch_size, cfg.seed, start * accum, (max_iter - start) * accum)
+                .into_iter()
+                .map(|(step, images)| (step, images[shard.clone()].to_vec()))
+                .collect(),
             cfg.data.train_augment(),
             cfg.input.size_divisibility,
             cfg.seed,
             cfg.data.workers,
             cfg.data.prefetch,
         );
-        let log = Log::open(&run.join("metrics.jsonl"), start)?;
+        let log = if main { Some(Log::open(&run.join("metrics.jsonl"), start)?) } else { None };
         Ok(Self {
             last_checkpoint: list_checkpoints(&ckpt_root).last().cloned(),
             cfg,
@@ -426,6 +584,7 @@ impl<B: Backend> Trainer<B> {
             batches,
             val_data,
             log,
+            replica,
             start,
             step: start,
             window: (0.0, 0, Instant::now()),
@@ -465,6 +624,10 @@ impl<B: Backend> Trainer<B> {
             bail!("the run is complete (solver.max_iter = {max_iter}); raise it with --set to train longer");
         }
         let accum = cfg.solver.accumulate as u64;
+        let replica = self.replica;
+        // This replica's first image in each global batch: its random streams continue there.
+        let first_image = replica.shard(cfg.data.batch_size).start as u64;
+        let mean = CollectiveMean::<B> { replica, device: self.device.clone() };
         let mut acc = GradientsParams::new();
         let mut terms_sum: BTreeMap<String, f64> = BTreeMap::new();
         for micro in 0..accum {
@@ -473,16 +636,23 @@ impl<B: Backend> Trainer<B> {
             let images = batch.images_tensor::<Autodiff<B>>(&cfg.input, &self.device)?;
             let gt = targets(&batch);
             // What the model draws from the backend's own generator (Swin's drop-path masks) is
-            // keyed by (seed, step) too, so a resumed run draws what an uninterrupted one would.
-            Autodiff::<B>::seed(&self.device, stream(cfg.seed, Stream::BackendSeed, index).random());
+            // keyed by (seed, step, replica) too, so a resumed run draws what an uninterrupted one
+            // would.
+            let backend_seed = image_stream(cfg.seed, Stream::BackendSeed, index, replica.rank as u64).random();
+            Autodiff::<B>::seed(&self.device, backend_seed);
             let out = self.model().forward_train(
                 images.images,
                 &gt,
                 &cfg.pilot,
-                &mut PilotStreams::for_step(cfg.seed, index),
+                &mut PilotStreams::for_images(cfg.seed, index, first_image),
             );
-            let losses =
-                self.criterion.forward(&out, &gt, &cfg.pilot, &mut CriterionStreams::for_step(cfg.seed, index))?;
+            let losses = self.criterion.forward_replicated(
+                &out,
+                &gt,
+                &cfg.pilot,
+                &mut CriterionStreams::for_images(cfg.seed, index, first_image),
+                &mean,
+            )?;
             let terms = losses.report();
             if !terms["total"].is_finite() {
                 let bad: Vec<&String> = terms.iter().filter(|(_, v)| !v.is_finite()).map(|(k, _)| k).collect();
@@ -509,6 +679,17 @@ impl<B: Backend> Trainer<B> {
             let grads = GradientsParams::from_grads(total.backward(), self.model());
             add_grads(self.model(), &mut acc, grads);
         }
+        // Every replica steps on the mean of all replicas' gradients.
+        let mut acc = replica.all_reduce_grads(self.model(), acc)?;
+        if replica.world > 1 {
+            // Report the whole batch's loss: the mean of the replicas' terms (each is already
+            // divided by the averaged normalisers).
+            let values: Vec<f64> = terms_sum.values().copied().collect();
+            let means = replica.mean::<B>(&values, &self.device)?;
+            for (v, m) in terms_sum.values_mut().zip(means) {
+                *v = m;
+            }
+        }
         let grad_norm = clip_global(self.model(), &mut acc, cfg.solver.clip_norm);
         let lr = cfg.solver.lr_at(step);
         let split = split_grads(self.model(), acc, &self.groups);
@@ -525,11 +706,15 @@ impl<B: Backend> Trainer<B> {
         if self.step.is_multiple_of(cfg.train.log_period) || self.step == max_iter {
             let (loss, n, t) = self.window;
             let it_s = n as f64 / t.elapsed().as_secs_f64().max(1e-9);
-            self.log.write(&serde_json::json!({
-                "type": "train", "step": self.step, "lr": lr, "loss": loss / n as f64,
-                "grad_norm": grad_norm, "it_per_s": it_s, "eta_s": (max_iter - self.step) as f64 / it_s,
-                "elapsed_s": self.started.elapsed().as_secs_f64(), "terms": report.terms,
-            }))?;
+            let images_s = it_s * (cfg.data.batch_size * cfg.solver.accumulate) as f64;
+            if let Some(log) = &mut self.log {
+                log.write(&serde_json::json!({
+                    "type": "train", "step": self.step, "lr": lr, "loss": loss / n as f64,
+                    "grad_norm": grad_norm, "it_per_s": it_s, "images_per_s": images_s,
+                    "replicas": replica.world, "eta_s": (max_iter - self.step) as f64 / it_s,
+                    "elapsed_s": self.started.elapsed().as_secs_f64(), "terms": report.terms,
+                }))?;
+            }
             self.window = (0.0, 0, Instant::now());
         }
         Ok(report)
@@ -539,9 +724,9 @@ impl<B: Backend> Trainer<B> {
     /// result and, when it is the best so far, saves the model to `RUN/best/`.
     pub fn evaluate(&mut self) -> anyhow::Result<Evaluation> {
         let (inner, ev) = self.score()?;
-        let cfg = &self.cfg;
         let done = self.step;
-        self.log.write(&eval_line(done, &ev))?;
+        self.main_log()?.write(&eval_line(done, &ev))?;
+        let cfg = &self.cfg;
         let (metric, value) = ev.primary();
         if self.best.as_ref().is_none_or(|b| value > b.1) {
             self.best = Some((metric.to_string(), value, done));
@@ -571,6 +756,17 @@ impl<B: Backend> Trainer<B> {
         Ok((inner, ev))
     }
 
+    /// The log, which replica 0 alone keeps (and with it the run folder).
+    fn main_log(&mut self) -> anyhow::Result<&mut Log> {
+        let rank = self.replica.rank;
+        self.log.as_mut().with_context(|| format!("replica {rank} does not write the run folder; replica 0 does"))
+    }
+
+    /// Where this trainer sits in a data-parallel run ([`Replica::SINGLE`] on one device).
+    pub fn replica(&self) -> Replica {
+        self.replica
+    }
+
     fn training_state(&self) -> TrainingState {
         TrainingState { step: self.step, groups: self.group_names.clone(), best: self.best.clone() }
     }
@@ -578,6 +774,7 @@ impl<B: Backend> Trainer<B> {
     /// Writes `RUN/checkpoints/step_NNNNNNNN/` (model, optimiser states, step) and deletes all but
     /// the newest `train.keep_last`.
     pub fn checkpoint(&mut self) -> anyhow::Result<PathBuf> {
+        self.main_log()?;
         let done = self.step;
         let ckpt_root = self.run_dir.join("checkpoints");
         let dir = ckpt_root.join(format!("step_{done:08}"));
@@ -601,6 +798,19 @@ impl<B: Backend> Trainer<B> {
         }
         self.last_checkpoint = Some(dir.clone());
         Ok(dir)
+    }
+
+    /// One replica's part of a data-parallel run: replica 0 does [`Self::run`] (evaluations,
+    /// checkpoints, the report); the others only step, and return `None`.
+    pub fn run_replica(self, progress: bool) -> anyhow::Result<Option<TrainReport>> {
+        if self.replica.is_main() {
+            return self.run(progress, &mut []).map(Some);
+        }
+        let mut this = self;
+        while this.step < this.cfg.solver.max_iter {
+            this.step()?;
+        }
+        Ok(None)
     }
 
     /// Trains to `solver.max_iter`: a step at a time, evaluating every `train.eval_period` steps
@@ -643,8 +853,9 @@ impl<B: Backend> Trainer<B> {
             Some(ev) => ev,
             None => {
                 let (_, ev) = self.score()?;
-                if !self.log.has_eval(max_iter) {
-                    self.log.write(&eval_line(max_iter, &ev))?;
+                let log = self.main_log()?;
+                if !log.has_eval(max_iter) {
+                    log.write(&eval_line(max_iter, &ev))?;
                 }
                 ev
             }

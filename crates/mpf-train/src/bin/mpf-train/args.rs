@@ -85,9 +85,26 @@ pub enum Command {
 pub struct TrainArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Device: flex, wgpu, cuda or cuda:N (among the compiled-in backends).
-    #[arg(long, default_value = "flex")]
+    /// Device, or devices for data-parallel training (one replica each; `data.batch_size` is the
+    /// total batch, split evenly): flex, wgpu, wgpu:N, cuda, cuda:N, a list such as
+    /// `cuda:0,cuda:1`, or `NAME×N` / `NAME*N` for the first N devices (`cuda×4`, `flex×2`).
+    #[arg(long, visible_alias = "devices", default_value = "flex")]
     pub device: String,
+    /// Number of nodes (processes, usually one per machine) of a multi-node run; each runs this
+    /// command with its own --node-rank. 1 = this process is the whole run.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: u32,
+    /// This node's rank, 0..nodes. Node 0 hosts the coordinator and writes the run folder.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: u32,
+    /// Multi-node: the coordinator's address, ws://HOST:PORT, with HOST node 0's address (node 0
+    /// listens on PORT on all interfaces).
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// Multi-node: this node's address as the other nodes reach it, ws://HOST:PORT; PORT is where
+    /// it serves tensors to them (one free port per node).
+    #[arg(long)]
+    pub node_address: Option<String>,
     /// Run folder (default: runs/<config name>, or the resumed run's folder).
     #[arg(long)]
     pub output: Option<PathBuf>,

@@ -6,11 +6,12 @@ use anyhow::{Context, bail};
 use mpf_import::Source;
 use mpf_train::checkpoint::CheckpointInfo;
 use mpf_train::config;
-use mpf_train::device::{BackendTask, DeviceChoice, dispatch};
+use mpf_train::device::{BackendTask, DeviceChoice, DeviceList, dispatch, dispatch_many};
 use mpf_train::evaluate::EvalTask;
 use mpf_train::forward::ForwardTask;
 use mpf_train::info::model_info;
 use mpf_train::layers::{LayerRun, LayersTask};
+use mpf_train::parallel::Nodes;
 use mpf_train::predict::{PredictOptions, PredictTask};
 use mpf_train::train::{TrainTask, find_checkpoint, run_dir_of};
 
@@ -20,12 +21,24 @@ use crate::args::*;
 pub fn default_run() -> anyhow::Result<()> {
     let cfg = config::load_embedded("simple_mpformer.toml", &[])?;
     let output = fresh_run_dir("simple_mpformer");
-    run_training(TrainTask { config: cfg, output, resume: None, init: None, progress: true }, "flex")
+    run_training(TrainTask { config: cfg, output, resume: None, init: None, progress: true, nodes: None }, "flex")
 }
 
 /// `train`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let TrainArgs { config: c, device, output, resume, init } = args;
+    let TrainArgs { config: c, device, nodes, node_rank, coordinator, node_address, output, resume, init } = args;
+    let nodes = match (nodes, coordinator, node_address) {
+        (1, None, None) if node_rank == 0 => None,
+        (1, ..) => bail!("--node-rank, --coordinator and --node-address are for multi-node runs (--nodes 2 or more)"),
+        (count, Some(coordinator), Some(address)) => {
+            let n = Nodes { count, rank: node_rank, coordinator, address };
+            n.validate()?;
+            Some(n)
+        }
+        (count, _, _) => {
+            bail!("--nodes {count} needs --coordinator ws://NODE0:PORT and this node's --node-address ws://HOST:PORT")
+        }
+    };
     let resume_ckpt = resume.as_deref().map(find_checkpoint).transpose()?;
     let init = init.as_deref().map(find_checkpoint).transpose()?;
     // Without --config, a resumed or initialising checkpoint's config applies (with --set).
@@ -45,7 +58,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
             PathBuf::from("runs").join(stem)
         }
     };
-    run_training(TrainTask { config: cfg, output, resume: resume_ckpt, init, progress: true }, &device)?;
+    run_training(TrainTask { config: cfg, output, resume: resume_ckpt, init, progress: true, nodes }, &device)?;
     Ok(())
 }
 
@@ -446,18 +459,28 @@ fn fresh_run_dir(name: &str) -> PathBuf {
 }
 
 fn run_training(task: TrainTask, device: &str) -> anyhow::Result<()> {
-    let choice: DeviceChoice = device.parse()?;
+    let devices: DeviceList = device.parse()?;
     let cfg = &task.config;
+    let replicas = devices.len() * task.nodes.as_ref().map_or(1, |n| n.count as usize);
+    let nodes = task.nodes.as_ref().map_or(String::new(), |n| format!(" (node {} of {})", n.rank, n.count));
     println!(
-        "training {} ({} steps, batch {} × accumulate {}, pilot {}) on {choice} into {}",
+        "training {} ({} steps, batch {} × accumulate {}, pilot {}) on {devices}{nodes}{} into {}",
         if cfg.pilot.enabled { "MP-Former" } else { "Mask2Former" },
         cfg.solver.max_iter,
         cfg.data.batch_size,
         cfg.solver.accumulate,
         if cfg.pilot.enabled { "on" } else { "off" },
+        if replicas > 1 {
+            format!(", {replicas} replicas of {} images", cfg.data.batch_size / replicas.max(1))
+        } else {
+            String::new()
+        },
         task.output.display()
     );
-    let report = dispatch(choice, task)??;
+    let Some(report) = dispatch_many(&devices, task)?? else {
+        println!("node done; node 0 holds the run folder, its evaluations and report");
+        return Ok(());
+    };
     print!("{}", report.evaluation.table());
     let (metric, value) = report.evaluation.primary();
     println!(
