@@ -263,7 +263,8 @@ enum RowTarget {
 }
 
 /// One supervised mask row: row `row` (of `B·T`) of prediction `pred`, in term `term` of the mask
-/// (and dice) terms, scaled by `scale / num_masks` (`scale` is 1, or `1 / n_g` on the MP part).
+/// (and dice) terms, scaled by `scale`: 1 (or `1 / n_g` on the MP part) while the rows are laid out,
+/// then divided by the number of target masks.
 #[derive(Debug, Clone, Copy)]
 struct MaskRow {
     pred: usize,
@@ -501,6 +502,9 @@ impl Criterion {
         for (t, m) in totals.iter_mut().zip(&mean[1..]) {
             *t = *m as f32;
         }
+        for r in &mut rows {
+            r.scale /= num_masks;
+        }
         let mut coef = vec![0f32; ce_terms.len() * n_rows];
         for &(term, row, wt) in &ce_coef {
             coef[term * n_rows + row] = -wt / totals[term].max(f32::MIN_POSITIVE);
@@ -513,7 +517,7 @@ impl Criterion {
         let (mask_values, dice_values) = if rows.is_empty() {
             (Tensor::zeros([mask_terms.len()], &device), Tensor::zeros([mask_terms.len()], &device))
         } else {
-            self.mask_values(preds, &rows, targets, mask_terms.len(), [b, t, h, w], num_masks, streams)
+            self.mask_values(preds, &rows, targets, mask_terms.len(), [b, t, h, w], streams)
         };
 
         let mut terms = ce_terms;
@@ -531,7 +535,6 @@ impl Criterion {
         targets: &[GtObjects],
         n_terms: usize,
         [b, t, h, w]: [usize; 4],
-        num_masks: f64,
         streams: &mut CriterionStreams,
     ) -> (Tensor<B, 1>, Tensor<B, 1>) {
         let bt = b * t;
@@ -618,7 +621,7 @@ impl Criterion {
         let (bce, dice) = (bce_rows(x.clone(), t.clone()), dice_rows(x, t)); // [R, 1] each
         let mut coef = vec![0f32; n_terms * n];
         for (r, row) in rows.iter().enumerate() {
-            coef[row.term * n + r] = (row.scale / num_masks) as f32;
+            coef[row.term * n + r] = row.scale as f32;
         }
         let coef = Tensor::<B, 1>::from_data(TensorData::new(coef, [n_terms * n]), &device).reshape([n_terms, n]);
         (coef.clone().matmul(bce).reshape([n_terms]), coef.matmul(dice).reshape([n_terms]))

@@ -274,7 +274,7 @@ impl TrainTask {
         let (node_rank, node_count) = self.nodes.as_ref().map_or((0, 1), |n| (n.rank as usize, n.count as usize));
         let world = local * node_count;
         let batch = self.config.data.batch_size;
-        if local == 0 || batch % world != 0 {
+        if local == 0 || !batch.is_multiple_of(world) {
             bail!(
                 "`data.batch_size` = {batch} (the total batch of a step) must split evenly over {world} replicas \
                  ({local} device(s) × {node_count} node(s)); set it to a multiple of {world} with --set"
