@@ -1,8 +1,8 @@
 //! Data-parallel training on Burn's collective operations (`burn-collective`).
 //!
-//! One replica per device, each in its own thread, with the model on its device; several
-//! processes on several machines (nodes) join through Burn's global collective. Per optimiser
-//! step every replica:
+//! One replica per device, each in its own thread, with the model on its device (several
+//! machines are refused with Burn 0.21, see [`MULTI_NODE_BLOCKED`]). Per optimiser step every
+//! replica:
 //!
 //! 1. takes its shard of each global batch (`data.batch_size` images split evenly: replica `r` of
 //!    `N` takes images `r·b/N .. (r+1)·b/N`), draws its random points and noise from per-image
@@ -20,7 +20,6 @@
 //! reference's distributed training, so a piloted run equals a one-device run of the same total
 //! batch only when every replica's largest object count is the batch's.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
@@ -28,7 +27,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 use burn::tensor::backend::AutodiffBackend;
-use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
+use burn_collective::{PeerId, ReduceOperation};
 use mpf_criterion::ReplicaMean;
 
 /// Why a multi-node run is refused: with Burn 0.21 it would hang.
@@ -38,9 +37,11 @@ use mpf_criterion::ReplicaMean;
 /// equals the node list and then clears a *copy* of that list, never the list itself; from the
 /// second operation on the list never matches again and every node waits forever. Two
 /// `mpf-train train --nodes 2` processes on one machine showed it: the first all-reduce (the
-/// initial weights) completed, both then waited in the second. Everything else of a multi-node
-/// run is in place ([`Nodes`], [`collective_config`], [`start_coordinator`], the `--nodes`,
-/// `--node-rank`, `--coordinator`, `--node-address` flags).
+/// initial weights) completed, both then waited in the second. The `--nodes`, `--node-rank`,
+/// `--coordinator` and `--node-address` flags are parsed and checked ([`Nodes`]); joining the
+/// nodes (`CollectiveConfig::with_num_nodes` and the addresses, and node 0 serving
+/// `burn_collective::start_global_orchestrator`) is left for a Burn that completes the second
+/// operation.
 pub const MULTI_NODE_BLOCKED: &str = "multi-node training (--nodes 2 or more) is not available with Burn 0.21: its global \
      collective waits forever from the second operation between nodes on (burn-collective 0.21.0, \
      src/global/node/sync.rs: SyncService::sync clears a copy of its list of synced peers, not the \
@@ -51,8 +52,8 @@ pub const MULTI_NODE_BLOCKED: &str = "multi-node training (--nodes 2 or more) is
 /// of whole parameters in module order: few collective calls, bounded extra memory.
 pub const BUCKET_VALUES: usize = 1 << 22;
 
-/// The nodes of a multi-node run: processes on several machines, each with its own devices,
-/// joined through Burn's global collective (a coordinator that node 0 hosts).
+/// The nodes of a multi-node run as the flags give them: processes on several machines, each with
+/// its own devices, to be joined through Burn's global collective (a coordinator on node 0).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nodes {
     /// Number of nodes (processes).
@@ -79,11 +80,6 @@ impl Nodes {
         port_of(&self.address, "--node-address")?;
         Ok(())
     }
-
-    /// The coordinator's port.
-    pub fn coordinator_port(&self) -> anyhow::Result<u16> {
-        port_of(&self.coordinator, "--coordinator")
-    }
 }
 
 /// The port of a `ws://HOST:PORT` address.
@@ -99,51 +95,10 @@ fn port_of(address: &str, flag: &str) -> anyhow::Result<u16> {
         .ok_or_else(|| anyhow::anyhow!("{flag} `{address}` has no valid HOST:PORT (e.g. ws://10.0.0.1:29500)"))
 }
 
-/// Burn's collective config for `local_devices` replicas in this process, joined to the other
-/// nodes when `nodes` is given.
-pub fn collective_config(local_devices: usize, nodes: Option<&Nodes>) -> anyhow::Result<CollectiveConfig> {
-    // Between nodes, the centralised all-reduce: every node sends its sum to one and receives
-    // the result (Burn 0.21's ring all-reduce also needs every tensor longer than the node count).
-    let mut config = CollectiveConfig::default()
-        .with_num_devices(local_devices)
-        .with_global_all_reduce_strategy(AllReduceStrategy::Centralized);
-    if let Some(n) = nodes {
-        n.validate()?;
-        let parse =
-            |a: &str| burn_communication::Address::from_str(a).map_err(|e| anyhow::anyhow!("bad address `{a}`: {e}"));
-        config = config
-            .with_num_nodes(n.count)
-            .with_global_address(parse(&n.coordinator)?)
-            .with_node_address(parse(&n.address)?)
-            .with_data_service_port(port_of(&n.address, "--node-address")?);
-    }
-    Ok(config)
-}
-
-/// Starts Burn's global collective coordinator on `port` (all interfaces) in a background thread
-/// that lives as long as the process. Fails when the port cannot be listened on.
-pub fn start_coordinator(port: u16) -> anyhow::Result<()> {
-    // Fail early and clearly when the port is taken; the coordinator itself would only log it.
-    drop(std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| {
-        anyhow::anyhow!("cannot listen on coordinator port {port} ({e}); choose another --coordinator port")
-    })?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| anyhow::anyhow!("cannot start the coordinator's runtime: {e}"))?;
-    std::thread::Builder::new()
-        .name("mpf-coordinator".into())
-        .spawn(move || runtime.block_on(burn_collective::start_global_orchestrator(port)))
-        .map_err(|e| anyhow::anyhow!("cannot start the coordinator thread: {e}"))?;
-    tracing::info!("coordinator listening on port {port}");
-    Ok(())
-}
-
 /// A replica's place in a data-parallel run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replica {
-    /// Global rank, `0..world` (node rank × devices per node + local index).
+    /// Rank, `0..world`.
     pub rank: usize,
     /// Number of replicas over all nodes.
     pub world: usize,
@@ -368,7 +323,6 @@ mod tests {
             address: "ws://10.0.0.2:29501".into(),
         };
         n.validate().unwrap();
-        assert_eq!(n.coordinator_port().unwrap(), 29500);
         let e = Nodes { rank: 2, ..n.clone() }.validate().unwrap_err().to_string();
         assert!(e.contains("--node-rank"), "{e}");
         let e = Nodes { coordinator: "10.0.0.1:29500".into(), ..n.clone() }.validate().unwrap_err().to_string();

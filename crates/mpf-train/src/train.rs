@@ -42,9 +42,7 @@ use crate::checkpoint::{self, CheckpointInfo, TrainingState};
 use crate::config::ExperimentConfig;
 use crate::device::{BackendTask, MultiDeviceTask};
 use crate::evaluate::{Evaluation, evaluate};
-use crate::parallel::{
-    CollectiveMean, MULTI_NODE_BLOCKED, Nodes, Replica, SharedData, collective_config, start_coordinator,
-};
+use crate::parallel::{CollectiveMean, MULTI_NODE_BLOCKED, Nodes, Replica, SharedData};
 use crate::run_lock::RunLock;
 use crate::solver::{ParamGroup, add_grads, clip_global, param_groups, split_grads};
 use mpf_data::Dataset;
@@ -262,37 +260,32 @@ impl MultiDeviceTask for TrainTask {
 }
 
 impl TrainTask {
-    /// Data-parallel training: one replica per device in its own thread, joined to the other
-    /// nodes' replicas when `nodes` is set (node 0 then hosts the coordinator). Returns the report
-    /// on node 0, `None` on the others. The first replica to fail ends the run with its error.
+    /// Data-parallel training: one replica per device in its own thread. Returns replica 0's
+    /// report (`None` is kept for the other nodes of a multi-node run, which is refused with Burn
+    /// 0.21: [`MULTI_NODE_BLOCKED`]). The first replica to fail ends the run with its error.
     pub fn run_replicated<B: Backend>(
         self,
         devices: Vec<B::Device>,
         names: Vec<String>,
     ) -> anyhow::Result<Option<TrainReport>> {
-        let local = devices.len();
-        let (node_rank, node_count) = self.nodes.as_ref().map_or((0, 1), |n| (n.rank as usize, n.count as usize));
-        let world = local * node_count;
-        let batch = self.config.data.batch_size;
-        if local == 0 || !batch.is_multiple_of(world) {
-            bail!(
-                "`data.batch_size` = {batch} (the total batch of a step) must split evenly over {world} replicas \
-                 ({local} device(s) × {node_count} node(s)); set it to a multiple of {world} with --set"
-            );
-        }
         if self.nodes.is_some() {
             bail!("{MULTI_NODE_BLOCKED}");
         }
-        let collective = collective_config(local, self.nodes.as_ref())?;
-        if let Some(n) = self.nodes.as_ref().filter(|n| n.rank == 0) {
-            start_coordinator(n.coordinator_port()?)?;
+        let world = devices.len();
+        let batch = self.config.data.batch_size;
+        if world == 0 || !batch.is_multiple_of(world) {
+            bail!(
+                "`data.batch_size` = {batch} (the total batch of a step) must split evenly over {world} replicas; \
+                 set it to a multiple of {world} with --set"
+            );
         }
+        let collective = burn_collective::CollectiveConfig::default().with_num_devices(world);
         // Forget any earlier run's peers in this process (a failed run leaves them registered).
         burn_collective::reset_collective::<B>();
         let data = open_data(&self.config)?;
         let (tx, rx) = std::sync::mpsc::channel();
         for (i, (device, name)) in devices.into_iter().zip(names).enumerate() {
-            let replica = Replica { rank: node_rank * local + i, world };
+            let replica = Replica { rank: i, world };
             let (task, data, collective, tx) = (self.clone(), data.clone(), collective.clone(), tx.clone());
             std::thread::Builder::new()
                 .name(format!("mpf-replica-{}", replica.rank))
@@ -333,7 +326,7 @@ impl TrainTask {
             }
             done += 1;
         }
-        if done < local || (node_rank == 0 && report.is_none()) {
+        if done < world || report.is_none() {
             bail!("a replica thread ended without a result");
         }
         Ok(report)

@@ -270,8 +270,9 @@ fn a_multi_node_run_is_refused_with_the_reason() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--coordinator"));
 }
 
-/// The multi-node check, for when Burn's global collective completes more than one operation:
-/// two processes joined over localhost step like one device. Refused today (see above).
+/// The multi-node check, for when Burn's global collective completes more than one operation and
+/// the nodes are joined again (see `MULTI_NODE_BLOCKED`): two processes over localhost step like
+/// one device. Refused today (see above).
 #[test]
 #[ignore = "Burn 0.21's global collective hangs from its second operation (parallel::MULTI_NODE_BLOCKED)"]
 fn two_processes_over_localhost_equal_one_device() {
